@@ -1,0 +1,482 @@
+//! The fleet's state machine: devices, vehicles, associations, counters — pure logic, no threads or I/O.
+//!
+//! Every input is an event plus the current time; every output is a list of [`Outbound`] messages for the
+//! MQTT stage. The config always wins over the registry; the registry fills in what the config leaves open.
+
+use super::registry::{KnownDevice, Registry};
+use super::summary::summarize;
+use crate::config::{Config, Mode};
+use crate::devices::{Measurement, Model, Source};
+use crate::mac::Mac;
+use crate::messages::{
+    AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, LinkError, Notice,
+    Outbound, ReadingOut, Sighting, SummaryDevice, SummaryOut, SystemSnapshot,
+};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// A passive device is reachable while an advertisement was seen within this many poll intervals.
+const PASSIVE_GRACE_INTERVALS: i64 = 3;
+
+/// What the gateway knows about one device right now.
+#[derive(Debug, Default)]
+struct Live {
+    model: Option<Model>,
+    reachable: bool,
+    error: Option<(u16, String)>,
+    consecutive_failures: u32,
+    last: Option<(Measurement, DateTime<Utc>)>,
+    rssi: Option<i16>,
+    last_advert: Option<DateTime<Utc>>,
+}
+
+/// A device as configured, with the registry filling the gaps.
+struct View {
+    model: Option<Model>,
+    name: String,
+    vehicle: Option<String>,
+    capacity: Option<f64>,
+    mode: Mode,
+    poll_interval: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    readings: u64,
+    decode_errors: u64,
+    connection_failures: u64,
+}
+
+pub struct Fleet {
+    config: Arc<Config>,
+    registry: Registry,
+    registry_dirty: bool,
+    live: BTreeMap<Mac, Live>,
+    published: HashMap<String, SummaryOut>,
+    counters: Counters,
+    bluetooth: BluetoothState,
+}
+
+impl Fleet {
+    pub fn new(config: Arc<Config>, registry: Registry, bluetooth: BluetoothState) -> Fleet {
+        Fleet {
+            config,
+            registry,
+            registry_dirty: false,
+            live: BTreeMap::new(),
+            published: HashMap::new(),
+            counters: Counters::default(),
+            bluetooth,
+        }
+    }
+
+    /// What to publish at start: associations the config makes, every vehicle's summary, system status.
+    pub fn start(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        self.reconcile(now, &mut out);
+        for v in self.vehicle_ids() {
+            self.refresh_summary(&v, now, &mut out);
+        }
+        out.push(Outbound::System(self.snapshot(now, true)));
+        out
+    }
+
+    /// Apply one event.
+    pub fn handle(&mut self, event: FleetEvent, now: DateTime<Utc>) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        match event {
+            FleetEvent::Reading(r) => self.on_reading(r, now, &mut out),
+            FleetEvent::Rejected { mac, model, why } => {
+                self.counters.decode_errors += 1;
+                self.live.entry(mac).or_default().model.get_or_insert(model);
+                self.on_failure(mac, LinkError::BadData(why), now, &mut out);
+            }
+            FleetEvent::Notice(Notice::PollFailed { mac, model, error }) => {
+                self.counters.connection_failures += 1;
+                if let Some(m) = model {
+                    self.live.entry(mac).or_default().model.get_or_insert(m);
+                }
+                self.on_failure(mac, error, now, &mut out);
+            }
+            FleetEvent::Notice(Notice::Seen(s)) => self.on_seen(s, now, &mut out),
+            FleetEvent::Notice(Notice::Bluetooth(state)) => {
+                if state != self.bluetooth {
+                    self.bluetooth = state;
+                    out.push(Outbound::System(self.snapshot(now, true)));
+                }
+            }
+            FleetEvent::Notice(Notice::Reconfigure(config)) => {
+                self.reconfigure(config, now, &mut out)
+            }
+            FleetEvent::Notice(Notice::Stopping { reason }) => {
+                out.push(Outbound::System(self.snapshot(now, false)));
+                out.push(Outbound::Shutdown { reason });
+            }
+        }
+        out
+    }
+
+    /// Passive devices whose adverts stopped become unreachable (SPEC §2.2).
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let expired: Vec<Mac> = self
+            .live
+            .iter()
+            .filter(|(mac, l)| {
+                l.reachable && self.passive_deadline(mac, l).is_some_and(|d| d <= now)
+            })
+            .map(|(mac, _)| *mac)
+            .collect();
+        for mac in expired {
+            self.on_failure(mac, LinkError::NotFound, now, &mut out);
+        }
+        out
+    }
+
+    /// When [`Fleet::expire`] next has something to do.
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        self.live
+            .iter()
+            .filter(|(_, l)| l.reachable)
+            .filter_map(|(mac, l)| self.passive_deadline(mac, l))
+            .min()
+    }
+
+    /// The fleet's part of the system status.
+    pub fn snapshot(&self, now: DateTime<Utc>, running: bool) -> SystemSnapshot {
+        let active = self.active_macs();
+        SystemSnapshot {
+            at: now,
+            running,
+            bluetooth: self.bluetooth,
+            devices_total: active.len(),
+            devices_connected: active
+                .iter()
+                .filter(|m| self.live.get(m).is_some_and(|l| l.reachable))
+                .count(),
+            readings: self.counters.readings,
+            decode_errors: self.counters.decode_errors,
+            connection_failures: self.counters.connection_failures,
+        }
+    }
+
+    /// The registry, if it changed since the last call (the caller persists it).
+    pub fn take_dirty_registry(&mut self) -> Option<&Registry> {
+        std::mem::take(&mut self.registry_dirty).then_some(&self.registry)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn passive_deadline(&self, mac: &Mac, l: &Live) -> Option<DateTime<Utc>> {
+        let v = self.view(mac)?;
+        (v.mode == Mode::Passive).then_some(())?;
+        let grace = Duration::seconds(PASSIVE_GRACE_INTERVALS * v.poll_interval as i64);
+        l.last_advert.map(|t| t + grace)
+    }
+
+    fn on_reading(&mut self, r: DecodedReading, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        self.counters.readings += 1;
+        if self.mark_seen(r.mac, Some(r.model), None, r.received_at) {
+            out.push(Outbound::Discovered(Sighting {
+                mac: r.mac,
+                name: None,
+                model: Some(r.model),
+                rssi: r.rssi,
+                service_uuids: Vec::new(),
+                manufacturer_data: Vec::new(),
+                at: r.received_at,
+            }));
+        }
+        let live = self.live.entry(r.mac).or_default();
+        live.model = Some(r.model);
+        live.reachable = true;
+        live.error = None;
+        live.consecutive_failures = 0;
+        live.last = Some((r.measurement.clone(), r.received_at));
+        if r.rssi.is_some() {
+            live.rssi = r.rssi;
+        }
+        if r.source == Source::Advertisement {
+            live.last_advert = Some(r.received_at);
+        }
+        let view = self.view(&r.mac);
+        let (vehicle_id, capacity_ah) = view
+            .as_ref()
+            .map_or((None, None), |v| (v.vehicle.clone(), v.capacity));
+        let mac = r.mac;
+        out.push(Outbound::Reading(ReadingOut {
+            reading: r,
+            vehicle_id: vehicle_id.clone(),
+            capacity_ah,
+        }));
+        out.push(Outbound::DeviceStatus(self.status(mac, now)));
+        if let Some(v) = vehicle_id {
+            self.refresh_summary(&v, now, out);
+        }
+    }
+
+    fn on_failure(
+        &mut self,
+        mac: Mac,
+        error: LinkError,
+        now: DateTime<Utc>,
+        out: &mut Vec<Outbound>,
+    ) {
+        let live = self.live.entry(mac).or_default();
+        live.reachable = false;
+        live.error = Some((error.code(), error.message()));
+        live.consecutive_failures = live.consecutive_failures.saturating_add(1);
+        out.push(Outbound::DeviceStatus(self.status(mac, now)));
+        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle) {
+            self.refresh_summary(&v, now, out);
+        }
+    }
+
+    fn on_seen(&mut self, s: Sighting, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        let live = self.live.entry(s.mac).or_default();
+        if s.rssi.is_some() {
+            live.rssi = s.rssi;
+        }
+        if let Some(m) = s.model {
+            live.model.get_or_insert(m);
+        }
+        let known_before =
+            self.registry.devices.contains_key(&s.mac) || self.configured(&s.mac).is_some();
+        if self.mark_seen(s.mac, s.model, s.name.clone(), s.at) {
+            out.push(Outbound::Discovered(s.clone()));
+        }
+        if !known_before && self.config.discovery.auto_configure && s.model.is_some() {
+            let config = Arc::clone(&self.config);
+            let id = self
+                .registry
+                .new_vehicle(|id| config.vehicles.iter().any(|v| v.id == id));
+            if let Some(d) = self.registry.devices.get_mut(&s.mac) {
+                d.auto = true;
+                d.vehicle = Some(id.clone());
+            }
+            self.registry_dirty = true;
+            log::info!(
+                "auto-configured {} ({:?}) in new vehicle {id}",
+                s.mac,
+                s.model
+            );
+            out.push(Outbound::Associated(AssociationOut {
+                mac: s.mac,
+                vehicle_id: id.clone(),
+                model: s.model,
+                new_vehicle: true,
+                at: now,
+            }));
+            self.refresh_summary(&id, now, out);
+            out.push(Outbound::System(self.snapshot(now, true)));
+        }
+    }
+
+    /// Record a sighting in the registry; true if this is the first time the device was ever seen.
+    fn mark_seen(
+        &mut self,
+        mac: Mac,
+        model: Option<Model>,
+        name: Option<String>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let entry = self.registry.devices.entry(mac).or_default();
+        let first = entry.first_seen.is_none();
+        if first {
+            entry.first_seen = Some(now);
+        }
+        if entry.device_type.is_none()
+            && let Some(m) = model
+        {
+            entry.device_type = Some(m.name().to_string());
+            self.registry_dirty = true;
+        }
+        if entry.name.is_none() && name.is_some() {
+            entry.name = name;
+            self.registry_dirty = true;
+        }
+        self.registry_dirty |= first;
+        first
+    }
+
+    fn reconfigure(&mut self, config: Arc<Config>, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        let before = self.vehicle_ids();
+        self.config = config;
+        self.reconcile(now, out);
+        let active = self.active_macs();
+        self.live.retain(|mac, _| active.contains(mac));
+        let mut vehicles = before;
+        vehicles.extend(self.vehicle_ids());
+        for v in vehicles {
+            self.refresh_summary(&v, now, out);
+        }
+        out.push(Outbound::System(self.snapshot(now, true)));
+    }
+
+    /// Apply the config's device → vehicle assignments to the registry, announcing each change.
+    fn reconcile(&mut self, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        let config = Arc::clone(&self.config);
+        for d in &config.devices {
+            let entry = self.registry.devices.entry(d.mac).or_insert_with(|| {
+                self.registry_dirty = true;
+                KnownDevice::default()
+            });
+            let Some(vehicle) = &d.vehicle else { continue };
+            if entry.vehicle.as_ref() == Some(vehicle) {
+                continue;
+            }
+            let old = entry.vehicle.replace(vehicle.clone());
+            self.registry_dirty = true;
+            let new_vehicle = !self.registry.vehicles.contains_key(vehicle);
+            let name = config
+                .vehicles
+                .iter()
+                .find(|v| &v.id == vehicle)
+                .and_then(|v| v.name.clone())
+                .unwrap_or_else(|| vehicle.clone());
+            self.registry
+                .vehicles
+                .entry(vehicle.clone())
+                .or_default()
+                .name = name;
+            out.push(Outbound::Associated(AssociationOut {
+                mac: d.mac,
+                vehicle_id: vehicle.clone(),
+                model: d
+                    .model()
+                    .or_else(|| self.live.get(&d.mac).and_then(|l| l.model)),
+                new_vehicle,
+                at: now,
+            }));
+            if let Some(old) = old {
+                self.refresh_summary(&old, now, out);
+            }
+            self.refresh_summary(vehicle, now, out);
+        }
+    }
+
+    fn configured(&self, mac: &Mac) -> Option<&crate::config::DeviceConf> {
+        self.config.devices.iter().find(|d| &d.mac == mac)
+    }
+
+    /// Devices the gateway reads: configured ones and auto-configured ones.
+    fn active_macs(&self) -> BTreeSet<Mac> {
+        let mut set: BTreeSet<Mac> = self.config.devices.iter().map(|d| d.mac).collect();
+        set.extend(
+            self.registry
+                .devices
+                .iter()
+                .filter(|(_, d)| d.auto)
+                .map(|(m, _)| *m),
+        );
+        set
+    }
+
+    fn view(&self, mac: &Mac) -> Option<View> {
+        let conf = self.configured(mac);
+        let known = self.registry.devices.get(mac);
+        if conf.is_none() && !known.is_some_and(|k| k.auto) {
+            return None;
+        }
+        let model = conf
+            .and_then(|c| c.model())
+            .or_else(|| known.and_then(|k| k.device_type.as_deref().and_then(Model::by_name)))
+            .or_else(|| self.live.get(mac).and_then(|l| l.model));
+        let name = conf
+            .and_then(|c| c.name.clone())
+            .or_else(|| known.and_then(|k| k.name.clone()))
+            .or_else(|| model.map(|m| m.name().to_string()))
+            .unwrap_or_else(|| mac.to_string());
+        Some(View {
+            model,
+            name,
+            vehicle: conf
+                .and_then(|c| c.vehicle.clone())
+                .or_else(|| known.and_then(|k| k.vehicle.clone())),
+            capacity: conf.and_then(|c| c.capacity_ah),
+            mode: conf
+                .and_then(|c| c.mode)
+                .unwrap_or(self.config.defaults.mode),
+            poll_interval: conf
+                .and_then(|c| c.poll_interval)
+                .unwrap_or(self.config.defaults.poll_interval),
+        })
+    }
+
+    fn status(&self, mac: Mac, now: DateTime<Utc>) -> DeviceStatusOut {
+        let live = self.live.get(&mac);
+        let view = self.view(&mac);
+        DeviceStatusOut {
+            mac,
+            at: now,
+            reachable: live.is_some_and(|l| l.reachable),
+            model: view
+                .as_ref()
+                .and_then(|v| v.model)
+                .or(live.and_then(|l| l.model)),
+            vehicle_id: view.as_ref().and_then(|v| v.vehicle.clone()),
+            error: live.and_then(|l| l.error.clone()),
+            last_reading_at: live.and_then(|l| l.last.as_ref().map(|(_, t)| *t)),
+            rssi: live.and_then(|l| l.rssi),
+            consecutive_failures: live.map_or(0, |l| l.consecutive_failures),
+            mode: view.map_or(self.config.defaults.mode, |v| v.mode),
+        }
+    }
+
+    /// Every vehicle: those the config defines and those an active device belongs to.
+    fn vehicle_ids(&self) -> BTreeSet<String> {
+        let mut ids: BTreeSet<String> = self.config.vehicles.iter().map(|v| v.id.clone()).collect();
+        ids.extend(
+            self.active_macs()
+                .iter()
+                .filter_map(|m| self.view(m)?.vehicle),
+        );
+        ids
+    }
+
+    /// Publish `vehicle`'s summary if its content changed since the last one published.
+    fn refresh_summary(&mut self, vehicle: &str, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        let name = self
+            .config
+            .vehicles
+            .iter()
+            .find(|v| v.id == vehicle)
+            .map(|v| v.name.clone().unwrap_or_else(|| v.id.clone()))
+            .or_else(|| self.registry.vehicles.get(vehicle).map(|v| v.name.clone()))
+            .unwrap_or_else(|| vehicle.to_string());
+        let mut capacity = 0.0;
+        let devices: Vec<SummaryDevice> = self
+            .active_macs()
+            .into_iter()
+            .filter_map(|mac| {
+                let view = self.view(&mac)?;
+                (view.vehicle.as_deref() == Some(vehicle)).then_some(())?;
+                capacity += view.capacity.unwrap_or(0.0);
+                let live = self.live.get(&mac);
+                let last = live.and_then(|l| l.last.as_ref());
+                Some(SummaryDevice {
+                    mac,
+                    name: view.name,
+                    model: view.model,
+                    connected: live.is_some_and(|l| l.reachable),
+                    voltage: last.map(|(m, _)| m.voltage),
+                    state_of_charge: last.and_then(|(m, _)| m.state_of_charge),
+                    temperature: last.and_then(|(m, _)| m.temperature),
+                    last_reading: last.map(|(_, t)| *t),
+                })
+            })
+            .collect();
+        let summary = summarize(vehicle, &name, devices, capacity, now);
+        let changed = self
+            .published
+            .get(vehicle)
+            .is_none_or(|old| super::summary::content_differs(old, &summary));
+        if changed {
+            self.published.insert(vehicle.to_string(), summary.clone());
+            out.push(Outbound::Summary(summary));
+        }
+    }
+}

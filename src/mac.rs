@@ -1,0 +1,115 @@
+//! Bluetooth device addresses: parsing any common spelling, printing the one canonical form
+//! (`AA:BB:CC:DD:EE:FF`) that topics, payloads and the registry use.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A 48-bit Bluetooth address, most significant byte first (as printed).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+/// Why a string is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadMac(pub String);
+
+impl fmt::Display for BadMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}' is not a MAC address (expected six hex pairs, e.g. AA:BB:CC:DD:EE:FF)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadMac {}
+
+impl FromStr for Mac {
+    type Err = BadMac;
+
+    /// Accepts `aa:bb:cc:dd:ee:ff`, `AA-BB-CC-DD-EE-FF` and `aabbccddeeff`.
+    fn from_str(s: &str) -> Result<Self, BadMac> {
+        let bad = || BadMac(s.to_string());
+        let trimmed = s.trim();
+        let hex: String = if trimmed.len() == 12 {
+            trimmed.to_string()
+        } else {
+            let parts: Vec<&str> = trimmed.split([':', '-']).collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                return Err(bad());
+            }
+            parts.concat()
+        };
+        let mut out = [0u8; 6];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let pair = hex.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_every_spelling() {
+        for s in [
+            "aa:bb:cc:dd:ee:ff",
+            "AA-BB-CC-DD-EE-FF",
+            "aabbccddeeff",
+            " Aa:bB:cc:DD:ee:FF ",
+        ] {
+            assert_eq!(s.parse::<Mac>().unwrap().to_string(), "AA:BB:CC:DD:EE:FF");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_six_hex_pairs() {
+        for s in [
+            "",
+            "AA:BB:CC:DD:EE",
+            "AA:BB:CC:DD:EE:FF:00",
+            "GG:BB:CC:DD:EE:FF",
+            "A:BB:CC:DD:EE:FFF",
+            "+abbccddeeff",
+            "aabbccddeefg",
+        ] {
+            assert!(s.parse::<Mac>().is_err(), "{s} accepted");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `battery-hawk`: the command line (SPEC §4). Thin: parse, load config, start logging, hand over.
+
+use anyhow::{Context, Result, anyhow, bail};
+use battery_hawk::config::{self, Config, Level, LogTarget, Logging};
+use battery_hawk::devices::{self, Decoded, Model, Source};
+use battery_hawk::mac::Mac;
+use battery_hawk::messages::{DecodedReading, ReadingOut};
+use battery_hawk::mqtt::payload::Renderer;
+use battery_hawk::pipeline::Pipeline;
+use battery_hawk::{demo, logging, mqtt};
+use clap::{Parser, Subcommand};
+use crossbeam_channel::{Receiver, bounded, select};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "battery-hawk",
+    version,
+    about = "Bluetooth LE battery monitor (BM2/BM6/BM7) to MQTT gateway",
+    long_about = "Reads Leagend BM2, BM6 and BM7 12 V battery monitors through BlueZ and publishes \
+                  readings, device status, vehicle summaries and system status to an MQTT broker.\n\
+                  Configuration: /etc/battery-hawk/config.toml (see `check-config`); every key can be \
+                  overridden with BATTERYHAWK_<SECTION>_<KEY>."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (SIGTERM/SIGINT: clean shutdown; SIGHUP: reload the configuration)
+    Run {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Zero set-up demo: simulated monitors, the full pipeline, an in-process broker; prints every message
+    Demo {
+        /// Port of the in-process broker (127.0.0.1)
+        #[arg(long, default_value_t = 1884)]
+        port: u16,
+        /// Stop after this many seconds (default: run until Ctrl-C)
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// List nearby BM2/BM6/BM7 monitors
+    Scan {
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long)]
+        adapter: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect to one monitor once and print a reading
+    Read {
+        mac: String,
+        #[arg(long = "type")]
+        device_type: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decrypt and decode one 16-byte frame (hex); prints the reading as JSON
+    Decode {
+        /// Model: bm2, bm6 or bm7
+        #[arg(long = "type")]
+        device_type: String,
+        /// The frame is an advertisement (manufacturer data rebuilt to 16 bytes); needs --mac
+        #[arg(long, requires = "mac")]
+        advertisement: bool,
+        /// The sender's address (checked against the advertisement)
+        #[arg(long)]
+        mac: Option<String>,
+        /// The encrypted frame, 32 hex digits
+        hex: String,
+    },
+    /// Validate the configuration and print it with secrets redacted
+    CheckConfig {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Demo { port, duration } => run_demo(port, duration.map(Duration::from_secs)),
+        Command::Scan { .. } | Command::Read { .. } => Err(anyhow!(
+            "this command needs bluetooth.backend = \"bluez\", which this build does not have yet"
+        )),
+        Command::Decode {
+            device_type,
+            advertisement,
+            mac,
+            hex,
+        } => decode(&device_type, advertisement, mac.as_deref(), &hex),
+        Command::CheckConfig { config } => check_config(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("battery-hawk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow!("configuration: {e}"))
+}
+
+fn run(path: &Path) -> Result<ExitCode> {
+    let config = load(path)?;
+    logging::init(&config.logging)?;
+    log::info!(
+        "battery-hawk {} starting: gateway '{}', {} device(s), broker {}:{}",
+        env!("CARGO_PKG_VERSION"),
+        config.gateway.id,
+        config.devices.len(),
+        config.mqtt.broker,
+        config.mqtt.port
+    );
+    let signals = signals()?;
+    let pipeline = Pipeline::start(Arc::new(config))?;
+    supervise(pipeline, &signals.1, Some(path), None, signals.0)
+}
+
+/// A thread that forwards SIGTERM, SIGINT and SIGHUP into a channel.
+fn signals() -> Result<(signal_hook::iterator::Handle, Receiver<i32>)> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    let handle = signals.handle();
+    let (tx, rx) = bounded(8);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok((handle, rx))
+}
+
+/// Wait for a signal, the end of `duration`, or the pipeline failing; reload on SIGHUP.
+fn supervise(
+    pipeline: Pipeline,
+    signals: &Receiver<i32>,
+    config_path: Option<&Path>,
+    duration: Option<Duration>,
+    handle: signal_hook::iterator::Handle,
+) -> Result<ExitCode> {
+    let deadline = duration.map(|d| Instant::now() + d);
+    let ended = pipeline.ended().clone();
+    let code = loop {
+        let wait = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        select! {
+            recv(signals) -> sig => match sig {
+                Ok(SIGHUP) => reload(&pipeline, config_path),
+                Ok(sig) => {
+                    let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                    log::info!("{name} received: stopping");
+                    pipeline.stop(name);
+                    break ExitCode::SUCCESS;
+                }
+                Err(_) => {
+                    pipeline.stop("signal handling ended");
+                    break ExitCode::FAILURE;
+                }
+            },
+            recv(ended) -> _ => {
+                log::error!("the pipeline stopped on its own; exiting");
+                pipeline.stop("pipeline failure");
+                break ExitCode::FAILURE;
+            }
+            default(wait) => {
+                pipeline.stop("duration elapsed");
+                break ExitCode::SUCCESS;
+            }
+        }
+    };
+    handle.close();
+    Ok(code)
+}
+
+fn reload(pipeline: &Pipeline, path: Option<&Path>) {
+    let Some(path) = path else {
+        log::info!("SIGHUP: nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            log::info!("SIGHUP: configuration reloaded from {}", path.display());
+            pipeline.reconfigure(Arc::new(config));
+        }
+        Err(e) => log::error!("SIGHUP: keeping the running configuration: {e}"),
+    }
+}
+
+fn run_demo(port: u16, duration: Option<Duration>) -> Result<ExitCode> {
+    logging::init(&Logging {
+        level: Level::Info,
+        target: LogTarget::Stderr,
+    })?;
+    let state_dir = std::env::temp_dir().join(format!("battery-hawk-demo-{}", std::process::id()));
+    let config = demo::config(port, state_dir.clone());
+    mqtt::demo::start_broker(port).map_err(|e| anyhow!(e))?;
+    let (stop_viewer, viewer_stop) = bounded(1);
+    let viewer = mqtt::demo::print_messages(
+        port,
+        &config.mqtt.topic_prefix,
+        config.mqtt.qos,
+        viewer_stop,
+    )?;
+    eprintln!(
+        "battery-hawk demo: broker on 127.0.0.1:{port}, 3 simulated monitors; {}",
+        duration.map_or("Ctrl-C to stop".to_string(), |d| format!(
+            "stopping after {} s",
+            d.as_secs()
+        ))
+    );
+    let signals = signals()?;
+    let pipeline = Pipeline::start(Arc::new(config))?;
+    let code = supervise(pipeline, &signals.1, None, duration, signals.0)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = stop_viewer.send(());
+    let _ = viewer.join();
+    let _ = std::fs::remove_dir_all(state_dir);
+    Ok(code)
+}
+
+fn decode(model: &str, advertisement: bool, mac: Option<&str>, hex: &str) -> Result<ExitCode> {
+    let model = Model::by_name(model).ok_or_else(|| {
+        anyhow!(
+            "--type {model}: not a supported model ({})",
+            Model::all_names()
+        )
+    })?;
+    let data = devices::parse_hex(hex).map_err(|e| anyhow!(e))?;
+    let mac: Mac = match mac {
+        Some(m) => m.parse().map_err(|e| anyhow!("--mac: {e}"))?,
+        None => Mac([0; 6]),
+    };
+    let source = if advertisement {
+        Source::Advertisement
+    } else {
+        Source::Gatt
+    };
+    let (plain, decoded) = devices::decode_frame(model, source, mac, &data)
+        .map_err(|e| anyhow!("{model} frame {hex}: {e}"))?;
+    let measurement = match decoded {
+        Decoded::Reading(m) => m,
+        Decoded::Echo => bail!(
+            "{model} frame {}: an echo of the request, not a reading",
+            devices::to_hex(&plain)
+        ),
+        Decoded::Version => bail!(
+            "{model} frame {}: a firmware version reply, not a reading",
+            devices::to_hex(&plain)
+        ),
+    };
+    let gateway = Config::default().gateway.id;
+    let renderer = Renderer::new("battery_hawk", &gateway, 1);
+    let message = renderer.reading(&ReadingOut {
+        reading: DecodedReading {
+            mac,
+            model,
+            source,
+            measurement,
+            plain,
+            rssi: None,
+            received_at: chrono::Utc::now(),
+        },
+        vehicle_id: None,
+        capacity_ah: None,
+    });
+    println!("{}", String::from_utf8_lossy(&message.payload));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(path: &Path) -> Result<ExitCode> {
+    let config = load(path)?;
+    print!("{}", config.to_redacted_toml());
+    eprintln!("{}: configuration is valid", path.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,223 @@
+//! Every value that crosses a thread boundary. Plain data only: no channels, no handles, no JSON.
+//!
+//! ```text
+//! ble ──BleEvent──▶ decode ──FleetEvent──▶ fleet ──Outbound──▶ mqtt
+//! ```
+
+use crate::config::{Config, Mode};
+use crate::devices::{Measurement, Model, Source};
+use crate::mac::Mac;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+/// What the BLE thread reports.
+#[derive(Debug, Clone)]
+pub enum BleEvent {
+    /// An encrypted frame as received (GATT notification, or advertisement rebuilt to 16 bytes).
+    Frame(RawFrame),
+    /// Anything the decode stage passes on unchanged.
+    Notice(Notice),
+}
+
+/// What the decode thread hands to the fleet.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    Reading(DecodedReading),
+    /// A frame that failed to decrypt or validate (SPEC §2.2 code 1005).
+    Rejected {
+        mac: Mac,
+        model: Model,
+        why: String,
+    },
+    Notice(Notice),
+}
+
+/// Events the decode stage does not touch.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A poll attempt (all its retries) failed.
+    PollFailed {
+        mac: Mac,
+        model: Option<Model>,
+        error: LinkError,
+    },
+    /// A monitor was seen advertising or found by a scan.
+    Seen(Sighting),
+    /// The Bluetooth side changed state.
+    Bluetooth(BluetoothState),
+    /// A new configuration (SIGHUP), passed down the pipeline so each stage applies it in order.
+    Reconfigure(Arc<Config>),
+    /// The pipeline is stopping; the last event every stage forwards.
+    Stopping { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub mac: Mac,
+    pub model: Model,
+    pub source: Source,
+    pub data: Vec<u8>,
+    pub rssi: Option<i16>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecodedReading {
+    pub mac: Mac,
+    pub model: Model,
+    pub source: Source,
+    pub measurement: Measurement,
+    /// The decrypted frame (published as `extra.raw_data`).
+    pub plain: [u8; 16],
+    pub rssi: Option<i16>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub mac: Mac,
+    pub name: Option<String>,
+    pub model: Option<Model>,
+    pub rssi: Option<i16>,
+    pub service_uuids: Vec<String>,
+    /// Manufacturer data as BlueZ reports it: company id → bytes.
+    pub manufacturer_data: Vec<(u16, Vec<u8>)>,
+    pub at: DateTime<Utc>,
+}
+
+/// State of the Bluetooth side (system status `components.bluetooth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BluetoothState {
+    Active,
+    Unavailable,
+    Simulated,
+}
+
+impl BluetoothState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BluetoothState::Active => "active",
+            BluetoothState::Unavailable => "unavailable",
+            BluetoothState::Simulated => "simulated",
+        }
+    }
+}
+
+/// Why a device could not be read (SPEC §2.2 error codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    Timeout,
+    Failed(String),
+    NotFound,
+    NoData,
+    BadData(String),
+    AdapterUnavailable,
+    Busy,
+}
+
+impl LinkError {
+    pub fn code(&self) -> u16 {
+        match self {
+            LinkError::Timeout => 1001,
+            LinkError::Failed(_) => 1002,
+            LinkError::NotFound => 1003,
+            LinkError::NoData => 1004,
+            LinkError::BadData(_) => 1005,
+            LinkError::AdapterUnavailable => 1006,
+            LinkError::Busy => 1007,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            LinkError::Timeout => "Connection timeout".into(),
+            LinkError::Failed(why) => format!("Connection failed: {why}"),
+            LinkError::NotFound => "Device not found".into(),
+            LinkError::NoData => "No data received".into(),
+            LinkError::BadData(why) => format!("Bad data: {why}"),
+            LinkError::AdapterUnavailable => "Bluetooth adapter unavailable".into(),
+            LinkError::Busy => "Device busy".into(),
+        }
+    }
+}
+
+/// What the fleet asks the MQTT stage to publish. The MQTT stage alone turns these into topics and JSON.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Reading(ReadingOut),
+    DeviceStatus(DeviceStatusOut),
+    Summary(SummaryOut),
+    Associated(AssociationOut),
+    Discovered(Sighting),
+    System(SystemSnapshot),
+    Shutdown { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadingOut {
+    pub reading: DecodedReading,
+    pub vehicle_id: Option<String>,
+    pub capacity_ah: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceStatusOut {
+    pub mac: Mac,
+    pub at: DateTime<Utc>,
+    pub reachable: bool,
+    pub model: Option<Model>,
+    pub vehicle_id: Option<String>,
+    pub error: Option<(u16, String)>,
+    pub last_reading_at: Option<DateTime<Utc>>,
+    pub rssi: Option<i16>,
+    pub consecutive_failures: u32,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryOut {
+    pub vehicle_id: String,
+    pub name: String,
+    pub at: DateTime<Utc>,
+    pub total_devices: usize,
+    pub connected_devices: usize,
+    pub average_voltage: Option<f64>,
+    pub total_capacity: f64,
+    pub overall_health: &'static str,
+    pub health_score: f64,
+    pub devices: Vec<SummaryDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryDevice {
+    pub mac: Mac,
+    pub name: String,
+    pub model: Option<Model>,
+    pub connected: bool,
+    pub voltage: Option<f64>,
+    pub state_of_charge: Option<f64>,
+    pub temperature: Option<f64>,
+    pub last_reading: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AssociationOut {
+    pub mac: Mac,
+    pub vehicle_id: String,
+    pub model: Option<Model>,
+    pub new_vehicle: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// The fleet's part of the system status; the MQTT stage adds its own (outbox, connection).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemSnapshot {
+    pub at: DateTime<Utc>,
+    pub running: bool,
+    pub bluetooth: BluetoothState,
+    pub devices_total: usize,
+    pub devices_connected: usize,
+    pub readings: u64,
+    pub decode_errors: u64,
+    pub connection_failures: u64,
+}

@@ -1,0 +1,328 @@
+//! The outbox: every message the gateway accepted, in order, until the broker acknowledged it (SPEC §3).
+//!
+//! Pure bookkeeping, no I/O: the MQTT thread feeds it messages, "handed to the client" marks, the client's
+//! `Outgoing::Publish(pkid)` events (which come in hand-over order) and acks. On a lost connection every
+//! unacknowledged message goes back to the queue in its original order. Retained state is coalesced: an
+//! entry superseded by a newer one on the same topic is never sent. When full, the oldest reading goes
+//! (counted in `dropped`). Must never: lose an unacknowledged QoS ≥ 1 message any other way, or reorder.
+
+use super::payload::{Kind, Message};
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug)]
+struct Entry {
+    seq: i64,
+    msg: Message,
+    /// How many connections this entry was handed to that dropped before it was acknowledged.
+    attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    capacity: usize,
+    max_attempts: u32,
+    next_seq: i64,
+    next_priority_seq: i64,
+    /// Not yet handed to the client, oldest first.
+    queue: VecDeque<Entry>,
+    /// Handed to the client, waiting for its `Outgoing::Publish(pkid)`.
+    handed: VecDeque<Entry>,
+    /// Written to the network, waiting for the broker's ack.
+    inflight: HashMap<u16, Entry>,
+    /// Retained topic → sequence number of its newest message.
+    newest: HashMap<String, i64>,
+    dropped: u64,
+}
+
+impl Outbox {
+    /// `capacity` messages in memory; a message is given up after `max_attempts` lost connections.
+    pub fn new(capacity: usize, max_attempts: u32) -> Outbox {
+        Outbox {
+            capacity: capacity.max(1),
+            max_attempts: max_attempts.max(1),
+            next_seq: 1,
+            next_priority_seq: 0,
+            queue: VecDeque::new(),
+            handed: VecDeque::new(),
+            inflight: HashMap::new(),
+            newest: HashMap::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Accept a message at the back of the queue.
+    pub fn push(&mut self, msg: Message) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.len() >= self.capacity && !self.drop_oldest_reading() && msg.kind == Kind::Reading {
+            self.dropped += 1;
+            log::warn!("outbox full: dropped reading for {}", msg.topic);
+            return;
+        }
+        self.accept(seq, msg, false);
+    }
+
+    /// Accept a message ahead of everything queued (availability and status at connect).
+    pub fn push_front(&mut self, msg: Message) {
+        let seq = self.next_priority_seq;
+        self.next_priority_seq -= 1;
+        self.accept(seq, msg, true);
+    }
+
+    fn accept(&mut self, seq: i64, msg: Message, front: bool) {
+        if msg.retain {
+            self.newest.insert(msg.topic.clone(), seq);
+        }
+        let entry = Entry {
+            seq,
+            msg,
+            attempts: 0,
+        };
+        if front {
+            self.queue.push_front(entry);
+        } else {
+            self.queue.push_back(entry);
+        }
+    }
+
+    fn drop_oldest_reading(&mut self) -> bool {
+        match self.queue.iter().position(|e| e.msg.kind == Kind::Reading) {
+            Some(i) => {
+                if let Some(e) = self.queue.remove(i) {
+                    log::warn!("outbox full: dropped oldest reading for {}", e.msg.topic);
+                }
+                self.dropped += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_stale(&self, e: &Entry) -> bool {
+        e.msg.retain && self.newest.get(&e.msg.topic) != Some(&e.seq)
+    }
+
+    /// The next message to hand to the client (superseded retained state is skipped and discarded).
+    pub fn peek(&mut self) -> Option<&Message> {
+        while let Some(front) = self.queue.front() {
+            if self.is_stale(front) {
+                self.queue.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.queue.front().map(|e| &e.msg)
+    }
+
+    /// The message returned by [`Outbox::peek`] was accepted by the client.
+    pub fn handed_over(&mut self) {
+        if let Some(e) = self.queue.pop_front() {
+            self.handed.push_back(e);
+        }
+    }
+
+    /// How many messages are with the client and not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.handed.len() + self.inflight.len()
+    }
+
+    /// The client wrote the oldest handed-over message with packet id `pkid` (0 for QoS 0).
+    pub fn written(&mut self, pkid: u16) {
+        let Some(e) = self.handed.pop_front() else {
+            log::warn!("publish {pkid} written that the outbox did not hand over");
+            return;
+        };
+        if e.msg.qos > 0 {
+            self.inflight.insert(pkid, e);
+        } else {
+            self.forget(&e);
+        }
+    }
+
+    /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    pub fn acked(&mut self, pkid: u16) {
+        if let Some(e) = self.inflight.remove(&pkid) {
+            self.forget(&e);
+        }
+    }
+
+    fn forget(&mut self, e: &Entry) {
+        if e.msg.retain && self.newest.get(&e.msg.topic) == Some(&e.seq) {
+            self.newest.remove(&e.msg.topic);
+        }
+    }
+
+    /// The connection dropped: everything unacknowledged goes back into the queue, in original order.
+    pub fn connection_lost(&mut self) {
+        let mut back: Vec<Entry> = self.handed.drain(..).collect();
+        back.extend(self.inflight.drain().map(|(_, e)| e));
+        back.sort_by_key(|e| e.seq);
+        for e in back.into_iter().rev() {
+            let attempts = e.attempts + 1;
+            if attempts >= self.max_attempts && e.msg.kind != Kind::State {
+                self.dropped += 1;
+                log::warn!(
+                    "giving up on a message for {} after {attempts} lost connections",
+                    e.msg.topic
+                );
+                continue;
+            }
+            self.queue.push_front(Entry { attempts, ..e });
+        }
+        let mut all: Vec<Entry> = self.queue.drain(..).collect();
+        all.sort_by_key(|e| e.seq);
+        self.queue.extend(all);
+    }
+
+    /// Messages held in memory (queued, handed over or in flight).
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.outstanding()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages given up (outbox full, or failed too often).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, kind: Kind, qos: u8) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: topic.as_bytes().to_vec(),
+            qos,
+            retain: kind == Kind::State,
+            kind,
+        }
+    }
+
+    /// Hand everything over and write it with consecutive packet ids starting at `first`.
+    fn send_all(o: &mut Outbox, first: u16) -> Vec<String> {
+        let mut sent = Vec::new();
+        let mut pkid = first;
+        while let Some(m) = o.peek() {
+            sent.push(m.topic.clone());
+            o.handed_over();
+            o.written(pkid);
+            pkid += 1;
+        }
+        sent
+    }
+
+    #[test]
+    fn a_message_leaves_only_when_acked() {
+        let mut o = Outbox::new(10, 3);
+        o.push(msg("r1", Kind::Reading, 1));
+        o.push(msg("r2", Kind::Reading, 1));
+        assert_eq!(send_all(&mut o, 1), ["r1", "r2"]);
+        assert_eq!(o.len(), 2);
+        o.acked(1);
+        assert_eq!(o.len(), 1);
+        o.acked(2);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn qos0_leaves_when_written() {
+        let mut o = Outbox::new(10, 3);
+        o.push(msg("r", Kind::Reading, 0));
+        send_all(&mut o, 0);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn unacked_messages_are_resent_in_order_after_reconnect() {
+        let mut o = Outbox::new(10, 3);
+        for t in ["r1", "r2", "r3"] {
+            o.push(msg(t, Kind::Reading, 1));
+        }
+        assert_eq!(send_all(&mut o, 1), ["r1", "r2", "r3"]);
+        o.acked(2);
+        o.push(msg("r4", Kind::Reading, 1));
+        o.connection_lost();
+        assert_eq!(send_all(&mut o, 1), ["r1", "r3", "r4"]);
+    }
+
+    #[test]
+    fn handed_but_unwritten_messages_are_requeued_too() {
+        let mut o = Outbox::new(10, 3);
+        o.push(msg("r1", Kind::Reading, 1));
+        o.push(msg("r2", Kind::Reading, 1));
+        o.peek();
+        o.handed_over();
+        o.connection_lost();
+        assert_eq!(send_all(&mut o, 1), ["r1", "r2"]);
+    }
+
+    #[test]
+    fn retained_state_is_coalesced_per_topic() {
+        let mut o = Outbox::new(10, 3);
+        o.push(msg("s", Kind::State, 1));
+        o.push(msg("r", Kind::Reading, 1));
+        let mut newer = msg("s", Kind::State, 1);
+        newer.payload = b"newer".to_vec();
+        o.push(newer);
+        let mut seen = Vec::new();
+        while let Some(m) = o.peek() {
+            seen.push(m.payload.clone());
+            o.handed_over();
+        }
+        assert_eq!(seen, [b"r".to_vec(), b"newer".to_vec()]);
+    }
+
+    #[test]
+    fn a_stale_state_in_flight_is_not_resent_over_a_newer_one() {
+        let mut o = Outbox::new(10, 3);
+        o.push(msg("s", Kind::State, 1));
+        send_all(&mut o, 1);
+        let mut newer = msg("s", Kind::State, 1);
+        newer.payload = b"newer".to_vec();
+        o.push(newer);
+        o.connection_lost();
+        let mut seen = Vec::new();
+        while let Some(m) = o.peek() {
+            seen.push(m.payload.clone());
+            o.handed_over();
+        }
+        assert_eq!(seen, [b"newer".to_vec()]);
+    }
+
+    #[test]
+    fn priority_messages_go_first() {
+        let mut o = Outbox::new(10, 3);
+        o.push(msg("r1", Kind::Reading, 1));
+        o.push_front(msg("online", Kind::State, 1));
+        assert_eq!(send_all(&mut o, 1), ["online", "r1"]);
+    }
+
+    #[test]
+    fn full_outbox_drops_the_oldest_reading_not_state() {
+        let mut o = Outbox::new(3, 3);
+        o.push(msg("s", Kind::State, 1));
+        o.push(msg("r1", Kind::Reading, 1));
+        o.push(msg("r2", Kind::Reading, 1));
+        o.push(msg("r3", Kind::Reading, 1));
+        assert_eq!(o.dropped(), 1);
+        assert_eq!(send_all(&mut o, 1), ["s", "r2", "r3"]);
+    }
+
+    #[test]
+    fn a_message_that_keeps_killing_the_connection_is_given_up() {
+        let mut o = Outbox::new(10, 2);
+        o.push(msg("poison", Kind::Event, 1));
+        send_all(&mut o, 1);
+        o.connection_lost();
+        assert_eq!(o.len(), 1);
+        send_all(&mut o, 1);
+        o.connection_lost();
+        assert!(o.is_empty());
+        assert_eq!(o.dropped(), 1);
+    }
+}

@@ -1,0 +1,421 @@
+//! Every payload the gateway publishes (SPEC §2), built in this one place, with its topic, QoS and retain
+//! flag (SPEC §1). Pure functions: what goes in is plain data, what comes out is a [`Message`].
+
+use super::topics::Topics;
+use crate::devices::{Model, to_hex};
+use crate::fleet::summary::round2;
+use crate::messages::{
+    AssociationOut, DeviceStatusOut, Outbound, ReadingOut, Sighting, SummaryOut, SystemSnapshot,
+};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+/// `last_command` of a device status for devices the gateway connects to (`protocol_version` is `null`:
+/// the Leagend frames carry no version we could report).
+const LAST_COMMAND: &str = "read_data";
+
+/// One MQTT publication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub kind: Kind,
+}
+
+/// How the outbox treats a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A reading: kept in order; the first to go when the outbox is full.
+    Reading,
+    /// Retained state: only the newest per topic matters.
+    State,
+    /// Any other event (association, discovery, shutdown): kept in order.
+    Event,
+}
+
+/// What the MQTT stage knows that the fleet does not (SPEC §2.5 `storage` and `components.mqtt`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalStatus {
+    pub uptime_seconds: u64,
+    pub outbox_queued: usize,
+    pub outbox_spooled: usize,
+    pub dropped_messages: u64,
+    pub disk_usage_percent: Option<f64>,
+    pub mqtt_connected: bool,
+}
+
+/// Renders messages for one gateway.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    pub topics: Topics,
+    gateway_id: String,
+    qos: u8,
+}
+
+/// RFC 3339 UTC with milliseconds and `Z`.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn time_or_null(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(timestamp(t)))
+}
+
+/// A float rounded to 2 decimals; `null` for none, NaN or infinity.
+fn num(v: Option<f64>) -> Value {
+    v.filter(|v| v.is_finite())
+        .and_then(|v| serde_json::Number::from_f64(round2(v)))
+        .map_or(Value::Null, Value::Number)
+}
+
+fn model_or_null(m: Option<Model>) -> Value {
+    m.map_or(Value::Null, |m| Value::String(m.name().to_string()))
+}
+
+impl Renderer {
+    pub fn new(prefix: &str, gateway_id: &str, qos: u8) -> Renderer {
+        Renderer {
+            topics: Topics::new(prefix),
+            gateway_id: gateway_id.to_string(),
+            qos,
+        }
+    }
+
+    /// The message for `out`; `System` needs the MQTT stage's own figures.
+    pub fn render(&self, out: &Outbound, local: &LocalStatus) -> Message {
+        match out {
+            Outbound::Reading(r) => self.reading(r),
+            Outbound::DeviceStatus(s) => self.device_status(s),
+            Outbound::Summary(s) => self.summary(s),
+            Outbound::Associated(a) => self.associated(a),
+            Outbound::Discovered(s) => self.discovered(s),
+            Outbound::System(s) => self.system_status(s, local),
+            Outbound::Shutdown { reason } => self.shutdown(reason, Utc::now()),
+        }
+    }
+
+    fn message(&self, topic: String, body: Value, qos: u8, kind: Kind) -> Message {
+        Message {
+            topic,
+            payload: body.to_string().into_bytes(),
+            qos,
+            retain: kind == Kind::State,
+            kind,
+        }
+    }
+
+    pub fn reading(&self, r: &ReadingOut) -> Message {
+        let d = &r.reading;
+        let m = &d.measurement;
+        let mut extra = Map::new();
+        extra.insert("state".into(), json!(m.state));
+        for (name, value) in &m.counters {
+            extra.insert((*name).into(), json!(value));
+        }
+        extra.insert("rssi".into(), json!(d.rssi));
+        extra.insert("source".into(), json!(d.source.as_str()));
+        extra.insert("raw_data".into(), json!(to_hex(&d.plain)));
+        let body = json!({
+            "device_id": d.mac.to_string(),
+            "timestamp": timestamp(d.received_at),
+            "voltage": num(Some(m.voltage)),
+            "current": null,
+            "temperature": num(m.temperature),
+            "state_of_charge": num(m.state_of_charge),
+            "capacity": num(r.capacity_ah),
+            "cycles": null,
+            "power": null,
+            "vehicle_id": r.vehicle_id,
+            "device_type": d.model.name(),
+            "gateway_id": self.gateway_id,
+            "extra": extra,
+        });
+        self.message(self.topics.reading(d.mac), body, self.qos, Kind::Reading)
+    }
+
+    pub fn device_status(&self, s: &DeviceStatusOut) -> Message {
+        let (code, text) = s.error.clone().unzip();
+        let body = json!({
+            "device_id": s.mac.to_string(),
+            "timestamp": timestamp(s.at),
+            "connected": s.reachable,
+            "device_type": model_or_null(s.model),
+            "vehicle_id": s.vehicle_id,
+            "protocol_version": null,
+            "last_command": (s.mode != crate::config::Mode::Passive).then_some(LAST_COMMAND),
+            "error_code": code,
+            "error_message": text,
+            "last_reading_at": time_or_null(s.last_reading_at),
+            "extra": {
+                "signal_strength": s.rssi,
+                "consecutive_failures": s.consecutive_failures,
+                "mode": s.mode.as_str(),
+            },
+        });
+        self.message(self.topics.status(s.mac), body, self.qos, Kind::State)
+    }
+
+    pub fn summary(&self, s: &SummaryOut) -> Message {
+        let devices: Vec<Value> = s
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "id": d.mac.to_string(),
+                    "name": d.name,
+                    "device_type": model_or_null(d.model),
+                    "status": if d.connected { "connected" } else { "disconnected" },
+                    "voltage": num(d.voltage),
+                    "state_of_charge": num(d.state_of_charge),
+                    "temperature": num(d.temperature),
+                    "last_reading": time_or_null(d.last_reading),
+                })
+            })
+            .collect();
+        let body = json!({
+            "vehicle_id": s.vehicle_id,
+            "name": s.name,
+            "timestamp": timestamp(s.at),
+            "total_devices": s.total_devices,
+            "connected_devices": s.connected_devices,
+            "average_voltage": num(s.average_voltage),
+            "total_capacity": num(Some(s.total_capacity)),
+            "overall_health": s.overall_health,
+            "health_score": num(Some(s.health_score)),
+            "devices": devices,
+        });
+        self.message(
+            self.topics.summary(&s.vehicle_id),
+            body,
+            self.qos,
+            Kind::State,
+        )
+    }
+
+    pub fn associated(&self, a: &AssociationOut) -> Message {
+        let body = json!({
+            "device_id": a.mac.to_string(),
+            "vehicle_id": a.vehicle_id,
+            "device_type": model_or_null(a.model),
+            "new_vehicle": a.new_vehicle,
+            "timestamp": timestamp(a.at),
+        });
+        self.message(
+            self.topics.associated(&a.vehicle_id),
+            body,
+            self.qos,
+            Kind::Event,
+        )
+    }
+
+    pub fn discovered(&self, s: &Sighting) -> Message {
+        let manufacturer: Map<String, Value> = s
+            .manufacturer_data
+            .iter()
+            .map(|(id, bytes)| (id.to_string(), Value::String(to_hex(bytes))))
+            .collect();
+        let body = json!({
+            "device_id": s.mac.to_string(),
+            "name": s.name.clone().or_else(|| s.model.map(|m| m.name().to_string())),
+            "device_type": model_or_null(s.model),
+            "rssi": s.rssi,
+            "timestamp": timestamp(s.at),
+            "advertisement": {
+                "service_uuids": s.service_uuids,
+                "manufacturer_data": manufacturer,
+            },
+        });
+        self.message(self.topics.discovery(), body, self.qos, Kind::Event)
+    }
+
+    pub fn system_status(&self, s: &SystemSnapshot, local: &LocalStatus) -> Message {
+        let body = json!({
+            "timestamp": timestamp(s.at),
+            "gateway_id": self.gateway_id,
+            "core": {
+                "running": s.running,
+                "uptime_seconds": local.uptime_seconds,
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "storage": {
+                "outbox_queued": local.outbox_queued,
+                "outbox_spooled": local.outbox_spooled,
+                "dropped_messages": local.dropped_messages,
+                "disk_usage_percent": num(local.disk_usage_percent),
+            },
+            "components": {
+                "mqtt": if local.mqtt_connected { "connected" } else { "disconnected" },
+                "bluetooth": s.bluetooth.as_str(),
+            },
+            "devices": { "total": s.devices_total, "connected": s.devices_connected },
+            "counters": {
+                "readings": s.readings,
+                "decode_errors": s.decode_errors,
+                "connection_failures": s.connection_failures,
+            },
+        });
+        self.message(self.topics.system_status(), body, 2, Kind::State)
+    }
+
+    pub fn shutdown(&self, reason: &str, at: DateTime<Utc>) -> Message {
+        let body = json!({
+            "timestamp": timestamp(at),
+            "gateway_id": self.gateway_id,
+            "reason": reason,
+        });
+        self.message(self.topics.shutdown(), body, 2, Kind::Event)
+    }
+
+    /// `online` / `offline` on the availability topic (also the last will).
+    pub fn availability(&self, online: bool) -> Message {
+        Message {
+            topic: self.topics.availability(),
+            payload: if online {
+                b"online".to_vec()
+            } else {
+                b"offline".to_vec()
+            },
+            qos: 1,
+            retain: true,
+            kind: Kind::State,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+    use crate::devices::{Measurement, Source};
+    use crate::messages::{BluetoothState, DecodedReading};
+    use chrono::TimeZone;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 1, 15, 10, 30, 0).unwrap()
+    }
+
+    fn parse(m: &Message) -> Value {
+        serde_json::from_slice(&m.payload).unwrap()
+    }
+
+    #[test]
+    fn reading_matches_the_spec_example() {
+        let r = Renderer::new("battery_hawk", "garage", 1);
+        let plain: [u8; 16] = crate::devices::parse_hex("d155070019005004f600000000000000")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let m = r.reading(&ReadingOut {
+            reading: DecodedReading {
+                mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
+                model: Model::by_name("BM6").unwrap(),
+                source: Source::Gatt,
+                measurement: Measurement {
+                    voltage: 12.6,
+                    temperature: Some(25.0),
+                    state_of_charge: Some(85.0),
+                    state: Some("normal".into()),
+                    counters: vec![("rapid_acceleration", 0), ("rapid_deceleration", 0)],
+                },
+                plain,
+                rssi: Some(-67),
+                received_at: at(),
+            },
+            vehicle_id: Some("my_vehicle".into()),
+            capacity_ah: Some(100.0),
+        });
+        assert_eq!(m.topic, "battery_hawk/device/AA:BB:CC:DD:EE:FF/reading");
+        assert_eq!((m.qos, m.retain, m.kind), (1, false, Kind::Reading));
+        let expected: Value = serde_json::from_str(
+            r#"{"device_id":"AA:BB:CC:DD:EE:FF","timestamp":"2024-01-15T10:30:00.000Z","voltage":12.6,"current":null,
+ "temperature":25.0,"state_of_charge":85.0,"capacity":100.0,"cycles":null,"power":null,
+ "vehicle_id":"my_vehicle","device_type":"BM6","gateway_id":"garage",
+ "extra":{"state":"normal","rapid_acceleration":0,"rapid_deceleration":0,"rssi":-67,"source":"gatt",
+          "raw_data":"d155070019005004f600000000000000"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parse(&m), expected);
+    }
+
+    #[test]
+    fn device_status_with_error() {
+        let r = Renderer::new("p", "g", 0);
+        let m = r.device_status(&DeviceStatusOut {
+            mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
+            at: at(),
+            reachable: false,
+            model: Model::by_name("BM6"),
+            vehicle_id: None,
+            error: Some((1001, "Connection timeout".into())),
+            last_reading_at: None,
+            rssi: Some(-45),
+            consecutive_failures: 3,
+            mode: Mode::Poll,
+        });
+        assert_eq!((m.qos, m.retain), (0, true));
+        let v = parse(&m);
+        assert_eq!(v["connected"], false);
+        assert_eq!(v["error_code"], 1001);
+        assert_eq!(v["error_message"], "Connection timeout");
+        assert_eq!(v["vehicle_id"], Value::Null);
+        assert_eq!(v["last_reading_at"], Value::Null);
+        assert_eq!(v["extra"]["consecutive_failures"], 3);
+        assert_eq!(v["extra"]["mode"], "poll");
+    }
+
+    #[test]
+    fn system_status_is_qos2_retained_and_complete() {
+        let r = Renderer::new("p", "garage", 1);
+        let m = r.system_status(
+            &SystemSnapshot {
+                at: at(),
+                running: false,
+                bluetooth: BluetoothState::Simulated,
+                devices_total: 3,
+                devices_connected: 2,
+                readings: 1234,
+                decode_errors: 0,
+                connection_failures: 5,
+            },
+            &LocalStatus {
+                uptime_seconds: 3600,
+                disk_usage_percent: Some(45.234),
+                mqtt_connected: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (m.topic.as_str(), m.qos, m.retain),
+            ("p/system/status", 2, true)
+        );
+        let v = parse(&m);
+        assert_eq!(v["core"]["running"], false);
+        assert_eq!(v["storage"]["disk_usage_percent"], 45.23);
+        assert_eq!(v["components"]["bluetooth"], "simulated");
+        assert_eq!(v["devices"]["connected"], 2);
+        assert_eq!(v["counters"]["connection_failures"], 5);
+    }
+
+    #[test]
+    fn floats_are_rounded_and_never_nan() {
+        assert_eq!(num(Some(12.345_678)), json!(12.35));
+        assert_eq!(num(Some(f64::NAN)), Value::Null);
+        assert_eq!(num(Some(f64::INFINITY)), Value::Null);
+        assert_eq!(num(None), Value::Null);
+    }
+
+    #[test]
+    fn shutdown_and_availability() {
+        let r = Renderer::new("p", "g", 1);
+        let m = r.shutdown("SIGTERM", at());
+        assert_eq!((m.qos, m.retain), (2, false));
+        assert_eq!(parse(&m)["reason"], "SIGTERM");
+        let a = r.availability(false);
+        assert_eq!(
+            (a.payload.as_slice(), a.qos, a.retain),
+            (&b"offline"[..], 1, true)
+        );
+    }
+}

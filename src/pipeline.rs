@@ -1,0 +1,102 @@
+//! The pipeline: creates the bounded channels, starts the named stage threads, reloads and stops them.
+//!
+//! ```text
+//! ble ──BleEvent──▶ decode ──FleetEvent──▶ fleet ──Outbound──▶ mqtt ⇄ mqtt-conn ⇄ broker
+//! ```
+//! Shutdown cascades: the BLE thread forwards `Stopping`, each stage passes it on and ends, and the MQTT
+//! stage runs the shutdown sequence. A reload travels the same way, so every stage applies it in order.
+//! Must never: hold pipeline data itself, or let a stage end unnoticed (each one reports its exit).
+
+use crate::ble::{self, BleStage};
+use crate::config::Config;
+use crate::fleet::registry::Registry;
+use crate::{decode, fleet, mqtt};
+use crossbeam_channel::{Receiver, bounded};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Capacity of each channel between stages (messages).
+const CHANNEL: usize = 1024;
+
+/// Why the pipeline cannot start.
+#[derive(Debug)]
+pub enum PipelineError {
+    Ble(ble::BleError),
+    Mqtt(mqtt::MqttError),
+    Spawn(std::io::Error),
+    StateDir(std::path::PathBuf, std::io::Error),
+}
+
+impl std::fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PipelineError::Ble(e) => write!(f, "{e}"),
+            PipelineError::Mqtt(e) => write!(f, "{e}"),
+            PipelineError::Spawn(e) => write!(f, "cannot start a pipeline thread: {e}"),
+            PipelineError::StateDir(p, e) => {
+                write!(f, "gateway.state_dir {} is not usable: {e}", p.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+/// The running pipeline.
+pub struct Pipeline {
+    ble: BleStage,
+    decode: JoinHandle<()>,
+    fleet: JoinHandle<()>,
+    mqtt: mqtt::MqttStage,
+    mqtt_timeout: Duration,
+}
+
+impl Pipeline {
+    /// Start every stage for `config`.
+    pub fn start(config: Arc<Config>) -> Result<Pipeline, PipelineError> {
+        let started = Instant::now();
+        let state_dir = &config.gateway.state_dir;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| PipelineError::StateDir(state_dir.clone(), e))?;
+        let registry = Registry::load(state_dir);
+        let (ble_tx, ble_rx) = bounded(CHANNEL);
+        let (fleet_tx, fleet_rx) = bounded(CHANNEL);
+        let (out_tx, out_rx) = bounded(CHANNEL);
+        let mqtt = mqtt::spawn(&config, out_rx, started).map_err(PipelineError::Mqtt)?;
+        let bluetooth = ble::initial_state(&config);
+        let fleet = fleet::spawn(Arc::clone(&config), registry, bluetooth, fleet_rx, out_tx)
+            .map_err(PipelineError::Spawn)?;
+        let decode = decode::spawn(ble_rx, fleet_tx).map_err(PipelineError::Spawn)?;
+        let ble = BleStage::spawn(Arc::clone(&config), ble_tx).map_err(PipelineError::Ble)?;
+        Ok(Pipeline {
+            ble,
+            decode,
+            fleet,
+            mqtt,
+            mqtt_timeout: Duration::from_secs(config.mqtt.timeout),
+        })
+    }
+
+    /// Becomes ready (disconnected) when the pipeline's last stage ended: after [`Pipeline::stop`], or on
+    /// its own when a stage failed (a failure cascades down the pipeline by closing channels).
+    pub fn ended(&self) -> &Receiver<()> {
+        &self.mqtt.ended
+    }
+
+    /// Apply a reloaded configuration (devices, vehicles, intervals).
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        self.ble.reconfigure(config);
+    }
+
+    /// Stop reading, flush to the broker (bounded by `mqtt.timeout`), and join every thread.
+    pub fn stop(self, reason: &str) {
+        let ble = self.ble.stop(reason);
+        for (name, handle) in [("ble", ble), ("decode", self.decode), ("fleet", self.fleet)] {
+            if handle.join().is_err() {
+                log::error!("the {name} thread panicked");
+            }
+        }
+        self.mqtt.join(self.mqtt_timeout);
+    }
+}
