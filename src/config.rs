@@ -58,7 +58,6 @@ pub struct Config {
     pub devices: Vec<DeviceConf>,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Gateway {

@@ -277,6 +277,8 @@ impl OutboxStage {
     fn run(mut self, rx: &Receiver<Outbound>, net: &Receiver<Net>) {
         let mut input = rx.clone();
         let mut deadline: Option<Instant> = None;
+        // The shutdown sequence: each step is sent only after everything before it was acknowledged.
+        let mut final_steps: Vec<Message> = Vec::new();
         let mut ever_down = false;
         loop {
             let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -285,8 +287,10 @@ impl OutboxStage {
                     let out = out.unwrap_or_else(|_| Outbound::Shutdown { reason: "pipeline stopped".into() });
                     if let Outbound::Shutdown { reason } = &out {
                         log::info!("shutting down ({reason}): flushing to the broker");
-                        self.push(self.renderer.shutdown(reason, chrono::Utc::now()));
-                        self.push(self.renderer.availability(false));
+                        final_steps = vec![
+                            self.renderer.availability(false),
+                            self.renderer.shutdown(reason, chrono::Utc::now()),
+                        ];
                         deadline = Some(Instant::now() + self.timeout);
                         input = never();
                     } else {
@@ -322,7 +326,13 @@ impl OutboxStage {
             }
             self.pump();
             if deadline.is_some() && self.outbox.is_empty() {
-                break;
+                match final_steps.pop() {
+                    Some(step) => {
+                        self.push(step);
+                        self.pump();
+                    }
+                    None => break,
+                }
             }
         }
         if self.connected {

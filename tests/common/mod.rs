@@ -1,0 +1,340 @@
+//! Test harness: a real mosquitto on a free loopback port, a real MQTT subscriber, and the real
+//! `battery-hawk` binary with a config file written per test. Nothing here fakes a broker.
+
+#![allow(dead_code)]
+
+use crossbeam_channel::{Receiver, unbounded};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("bh-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto is not installed: run scripts/test.sh, which installs it");
+}
+
+/// A mosquitto process with a config file of our own on `port`.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Mosquitto {
+        let dir = TempDir::new("mosquitto");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)start the broker process on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 log_dest file {}\nmax_queued_messages 100000\n",
+                self.port,
+                self.dir.path().join("mosquitto.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One message as a subscriber received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "{}: payload is not JSON ({e}): {:?}",
+                self.topic,
+                self.text()
+            )
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// A real MQTT client subscribed to `filter` at QoS 2 (so each message arrives at its publish QoS).
+pub struct Subscriber {
+    pub rx: Receiver<Received>,
+    pub seen: Vec<Received>,
+}
+
+impl Subscriber {
+    pub fn connect(port: u16, filter: &str) -> Subscriber {
+        let id = format!("test-sub-{}", free_port());
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = Client::new(o, 100);
+        let (tx, rx) = unbounded();
+        let (ready_tx, ready_rx) = unbounded();
+        let filter = filter.to_string();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        client.subscribe(filter.clone(), QoS::ExactlyOnce).unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let r = Received {
+                            topic: p.topic.clone(),
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                            payload: p.payload.to_vec(),
+                            at: Instant::now(),
+                        };
+                        if tx.send(r).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("subscriber did not get its SUBACK");
+        Subscriber {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Collect messages until `pred` holds for one of them (returning it), failing after `timeout`.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Received) -> bool,
+    ) -> Received {
+        if let Some(r) = self.seen.iter().find(|r| pred(r)) {
+            return r.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(r) => {
+                    self.seen.push(r.clone());
+                    if pred(&r) {
+                        return r;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out waiting for {what}; saw {} message(s): {:?}",
+                    self.seen.len(),
+                    self.seen.iter().map(|r| &r.topic).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Collect whatever arrives within `d`.
+    pub fn drain_for(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Ok(r) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(r);
+        }
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<&Received> {
+        self.seen.iter().filter(|r| r.topic == topic).collect()
+    }
+}
+
+/// The real gateway binary, `run` with a config written to a temporary directory.
+pub struct Gateway {
+    pub child: Child,
+    pub dir: TempDir,
+    pub config: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_battery-hawk")
+}
+
+/// A config for the simulated backend, logging to stderr, with `state_dir` inside `dir`, and `extra`
+/// appended (more sections, vehicles and devices).
+pub fn sim_config(port: u16, state_dir: &Path, extra: &str) -> String {
+    format!(
+        "[gateway]\nid = \"test-gw\"\nstate_dir = \"{}\"\n\
+         [logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
+         [mqtt]\nbroker = \"127.0.0.1\"\nport = {port}\ntimeout = 5\n\
+         [bluetooth]\nbackend = \"simulated\"\n{extra}",
+        state_dir.display()
+    )
+}
+
+impl Gateway {
+    pub fn start(config_text: &str) -> Gateway {
+        Gateway::start_env(config_text, &[])
+    }
+
+    pub fn start_env(config_text: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = TempDir::new("gw");
+        Gateway::start_in(dir, config_text, env)
+    }
+
+    pub fn start_in(dir: TempDir, config_text: &str, env: &[(&str, &str)]) -> Gateway {
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("run").arg("--config").arg(&config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gateway");
+        Gateway { child, dir, config }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for the process to exit; its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "gateway did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn rewrite_config(&self, text: &str) {
+        let mut f = std::fs::File::create(&self.config).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
