@@ -31,27 +31,41 @@ pub fn spawn(
         .spawn(move || run(Fleet::new(config, registry, bluetooth), &rx, &tx))
 }
 
+/// The registry is written at most this often (a burst of first sightings costs one write).
+const REGISTRY_WRITE_DELAY: Duration = Duration::from_secs(1);
+
 fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
     let status_every = |f: &Fleet| Duration::from_secs(f.config().mqtt.status_interval);
     let mut next_status = Instant::now() + status_every(&fleet);
+    let mut registry = RegistryWriter::default();
     let out = fleet.start(Utc::now());
-    forward(&mut fleet, out, tx);
+    forward(&mut fleet, out, tx, &mut registry);
+    let mut next_expiry = fleet.next_expiry();
     loop {
-        let until_expiry = fleet
-            .next_expiry()
-            .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let until_expiry = next_expiry.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
         let until_status = next_status.saturating_duration_since(Instant::now());
-        let wait = until_expiry.map_or(until_status, |e| e.min(until_status));
+        let mut wait = until_expiry.map_or(until_status, |e| e.min(until_status));
+        if let Some(due) = registry.due {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         select! {
             recv(rx) -> event => {
                 let event = event.unwrap_or_else(|_| FleetEvent::Notice(Notice::Stopping {
                     reason: "pipeline closed".into(),
                 }));
                 let stopping = matches!(event, FleetEvent::Notice(Notice::Stopping { .. }));
+                let heard = match &event {
+                    FleetEvent::Reading(r) => Some(r.mac),
+                    _ => None,
+                };
                 let out = fleet.handle(event, Utc::now());
-                forward(&mut fleet, out, tx);
+                forward(&mut fleet, out, tx, &mut registry);
                 if stopping {
+                    registry.write(&fleet);
                     return;
+                }
+                if let Some(due) = heard.and_then(|mac| fleet.expiry_of(&mac)) {
+                    next_expiry = Some(next_expiry.map_or(due, |t| t.min(due)));
                 }
             }
             default(wait) => {
@@ -59,27 +73,51 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
                 if Instant::now() >= next_status {
                     next_status = Instant::now() + status_every(&fleet);
                     let snapshot = Outbound::System(fleet.snapshot(now, true));
-                    forward(&mut fleet, vec![snapshot], tx);
+                    forward(&mut fleet, vec![snapshot], tx, &mut registry);
                 }
-                let out = fleet.expire(now);
-                forward(&mut fleet, out, tx);
+                if next_expiry.is_some_and(|t| t <= now) {
+                    let out = fleet.expire(now);
+                    forward(&mut fleet, out, tx, &mut registry);
+                    next_expiry = fleet.next_expiry();
+                }
+                if registry.due.is_some_and(|d| d <= Instant::now()) {
+                    registry.write(&fleet);
+                }
             }
         }
     }
 }
 
-/// Hand messages to the MQTT stage and persist the registry if they changed it.
-fn forward(fleet: &mut Fleet, out: Vec<Outbound>, tx: &Sender<Outbound>) {
+/// Hand messages to the MQTT stage; note a registry change for writing soon.
+fn forward(
+    fleet: &mut Fleet,
+    out: Vec<Outbound>,
+    tx: &Sender<Outbound>,
+    registry: &mut RegistryWriter,
+) {
     for message in out {
         if tx.send(message).is_err() {
             log::error!("the MQTT stage has stopped; dropping fleet output");
             break;
         }
     }
-    let state_dir = fleet.config().gateway.state_dir.clone();
-    if let Some(registry) = fleet.take_dirty_registry()
-        && let Err(e) = registry.save(&state_dir)
-    {
-        log::error!("{e}");
+    if fleet.take_dirty_registry() && registry.due.is_none() {
+        registry.due = Some(Instant::now() + REGISTRY_WRITE_DELAY);
+    }
+}
+
+/// Debounced persistence of the registry.
+#[derive(Default)]
+struct RegistryWriter {
+    due: Option<Instant>,
+}
+
+impl RegistryWriter {
+    fn write(&mut self, fleet: &Fleet) {
+        if self.due.take().is_some()
+            && let Err(e) = fleet.registry().save(&fleet.config().gateway.state_dir)
+        {
+            log::error!("{e}");
+        }
     }
 }

@@ -32,6 +32,7 @@ struct Live {
 }
 
 /// A device as configured, with the registry filling the gaps.
+#[derive(Debug, Clone)]
 struct View {
     model: Option<Model>,
     name: String,
@@ -54,21 +55,32 @@ pub struct Fleet {
     registry_dirty: bool,
     live: BTreeMap<Mac, Live>,
     published: HashMap<String, SummaryOut>,
+    /// Active devices as configured ([`Fleet::rebuild`]).
+    views: BTreeMap<Mac, View>,
+    /// Vehicle id → its active devices.
+    members: BTreeMap<String, Vec<Mac>>,
+    /// Active devices in `passive` mode (the only ones that expire).
+    passive: Vec<Mac>,
     counters: Counters,
     bluetooth: BluetoothState,
 }
 
 impl Fleet {
     pub fn new(config: Arc<Config>, registry: Registry, bluetooth: BluetoothState) -> Fleet {
-        Fleet {
+        let mut fleet = Fleet {
             config,
             registry,
             registry_dirty: false,
             live: BTreeMap::new(),
             published: HashMap::new(),
+            views: BTreeMap::new(),
+            members: BTreeMap::new(),
+            passive: Vec::new(),
             counters: Counters::default(),
             bluetooth,
-        }
+        };
+        fleet.rebuild();
+        fleet
     }
 
     /// What to publish at start: associations the config makes, every vehicle's summary, system status.
@@ -121,12 +133,14 @@ impl Fleet {
     pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
         let mut out = Vec::new();
         let expired: Vec<Mac> = self
-            .live
+            .passive
             .iter()
-            .filter(|(mac, l)| {
-                l.reachable && self.passive_deadline(mac, l).is_some_and(|d| d <= now)
+            .filter(|mac| {
+                self.live.get(mac).is_some_and(|l| {
+                    l.reachable && self.passive_deadline(mac, l).is_some_and(|d| d <= now)
+                })
             })
-            .map(|(mac, _)| *mac)
+            .copied()
             .collect();
         for mac in expired {
             self.on_failure(mac, LinkError::NotFound, now, &mut out);
@@ -134,25 +148,30 @@ impl Fleet {
         out
     }
 
-    /// When [`Fleet::expire`] next has something to do.
+    /// When [`Fleet::expire`] next has something to do. Costs one look per passive device only.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
-        self.live
+        self.passive
             .iter()
-            .filter(|(_, l)| l.reachable)
-            .filter_map(|(mac, l)| self.passive_deadline(mac, l))
+            .filter_map(|mac| self.expiry_of(mac))
             .min()
+    }
+
+    /// When the passive device `mac` expires if it stays silent (`None` for other devices).
+    pub fn expiry_of(&self, mac: &Mac) -> Option<DateTime<Utc>> {
+        let live = self.live.get(mac)?;
+        live.reachable.then_some(())?;
+        self.passive_deadline(mac, live)
     }
 
     /// The fleet's part of the system status.
     pub fn snapshot(&self, now: DateTime<Utc>, running: bool) -> SystemSnapshot {
-        let active = self.active_macs();
+        let active = self.views.keys();
         SystemSnapshot {
             at: now,
             running,
             bluetooth: self.bluetooth,
-            devices_total: active.len(),
+            devices_total: self.views.len(),
             devices_connected: active
-                .iter()
                 .filter(|m| self.live.get(m).is_some_and(|l| l.reachable))
                 .count(),
             readings: self.counters.readings,
@@ -161,9 +180,13 @@ impl Fleet {
         }
     }
 
-    /// The registry, if it changed since the last call (the caller persists it).
-    pub fn take_dirty_registry(&mut self) -> Option<&Registry> {
-        std::mem::take(&mut self.registry_dirty).then_some(&self.registry)
+    /// Whether the registry changed since the last call (the caller persists it).
+    pub fn take_dirty_registry(&mut self) -> bool {
+        std::mem::take(&mut self.registry_dirty)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn config(&self) -> &Config {
@@ -230,7 +253,7 @@ impl Fleet {
         live.error = Some((error.code(), error.message()));
         live.consecutive_failures = live.consecutive_failures.saturating_add(1);
         out.push(Outbound::DeviceStatus(self.status(mac, now)));
-        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle) {
+        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
             self.refresh_summary(&v, now, out);
         }
     }
@@ -258,6 +281,7 @@ impl Fleet {
                 d.vehicle = Some(id.clone());
             }
             self.registry_dirty = true;
+            self.rebuild();
             log::info!(
                 "auto-configured {} ({:?}) in new vehicle {id}",
                 s.mac,
@@ -288,17 +312,21 @@ impl Fleet {
         if first {
             entry.first_seen = Some(now);
         }
+        let mut described = false;
         if entry.device_type.is_none()
             && let Some(m) = model
         {
             entry.device_type = Some(m.name().to_string());
-            self.registry_dirty = true;
+            described = true;
         }
         if entry.name.is_none() && name.is_some() {
             entry.name = name;
-            self.registry_dirty = true;
+            described = true;
         }
-        self.registry_dirty |= first;
+        self.registry_dirty |= first || described;
+        if described {
+            self.rebuild();
+        }
         first
     }
 
@@ -306,8 +334,8 @@ impl Fleet {
         let before = self.vehicle_ids();
         self.config = config;
         self.reconcile(now, out);
-        let active = self.active_macs();
-        self.live.retain(|mac, _| active.contains(mac));
+        let views = &self.views;
+        self.live.retain(|mac, _| views.contains_key(mac));
         let mut vehicles = before;
         vehicles.extend(self.vehicle_ids());
         for v in vehicles {
@@ -318,6 +346,7 @@ impl Fleet {
 
     /// Apply the config's device → vehicle assignments to the registry, announcing each change.
     fn reconcile(&mut self, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        self.rebuild();
         let config = Arc::clone(&self.config);
         for d in &config.devices {
             let entry = self.registry.devices.entry(d.mac).or_insert_with(|| {
@@ -351,6 +380,7 @@ impl Fleet {
                 new_vehicle,
                 at: now,
             }));
+            self.rebuild();
             if let Some(old) = old {
                 self.refresh_summary(&old, now, out);
             }
@@ -362,48 +392,69 @@ impl Fleet {
         self.config.devices.iter().find(|d| &d.mac == mac)
     }
 
-    /// Devices the gateway reads: configured ones and auto-configured ones.
-    fn active_macs(&self) -> BTreeSet<Mac> {
-        let mut set: BTreeSet<Mac> = self.config.devices.iter().map(|d| d.mac).collect();
-        set.extend(
-            self.registry
-                .devices
-                .iter()
-                .filter(|(_, d)| d.auto)
-                .map(|(m, _)| *m),
-        );
-        set
+    /// Recompute every active device's [`View`] and each vehicle's members, after the config or the
+    /// registry's assignments changed (rare), so that per-reading work does not grow with the fleet.
+    fn rebuild(&mut self) {
+        let mut views = BTreeMap::new();
+        let conf: HashMap<Mac, &crate::config::DeviceConf> =
+            self.config.devices.iter().map(|d| (d.mac, d)).collect();
+        let auto = self
+            .registry
+            .devices
+            .iter()
+            .filter(|(_, d)| d.auto)
+            .map(|(m, _)| *m);
+        let macs: BTreeSet<Mac> = conf.keys().copied().chain(auto).collect();
+        for mac in macs {
+            let conf = conf.get(&mac).copied();
+            let known = self.registry.devices.get(&mac);
+            let model = conf
+                .and_then(|c| c.model())
+                .or_else(|| known.and_then(|k| k.device_type.as_deref().and_then(Model::by_name)));
+            let name = conf
+                .and_then(|c| c.name.clone())
+                .or_else(|| known.and_then(|k| k.name.clone()))
+                .or_else(|| model.map(|m| m.name().to_string()))
+                .unwrap_or_else(|| mac.to_string());
+            let view = View {
+                model,
+                name,
+                vehicle: conf
+                    .and_then(|c| c.vehicle.clone())
+                    .or_else(|| known.and_then(|k| k.vehicle.clone())),
+                capacity: conf.and_then(|c| c.capacity_ah),
+                mode: conf
+                    .and_then(|c| c.mode)
+                    .unwrap_or(self.config.defaults.mode),
+                poll_interval: conf
+                    .and_then(|c| c.poll_interval)
+                    .unwrap_or(self.config.defaults.poll_interval),
+            };
+            views.insert(mac, view);
+        }
+        let mut members: BTreeMap<String, Vec<Mac>> = self
+            .config
+            .vehicles
+            .iter()
+            .map(|v| (v.id.clone(), Vec::new()))
+            .collect();
+        for (mac, v) in &views {
+            if let Some(id) = &v.vehicle {
+                members.entry(id.clone()).or_default().push(*mac);
+            }
+        }
+        self.passive = views
+            .iter()
+            .filter(|(_, v)| v.mode == Mode::Passive)
+            .map(|(m, _)| *m)
+            .collect();
+        self.views = views;
+        self.members = members;
     }
 
-    fn view(&self, mac: &Mac) -> Option<View> {
-        let conf = self.configured(mac);
-        let known = self.registry.devices.get(mac);
-        if conf.is_none() && !known.is_some_and(|k| k.auto) {
-            return None;
-        }
-        let model = conf
-            .and_then(|c| c.model())
-            .or_else(|| known.and_then(|k| k.device_type.as_deref().and_then(Model::by_name)))
-            .or_else(|| self.live.get(mac).and_then(|l| l.model));
-        let name = conf
-            .and_then(|c| c.name.clone())
-            .or_else(|| known.and_then(|k| k.name.clone()))
-            .or_else(|| model.map(|m| m.name().to_string()))
-            .unwrap_or_else(|| mac.to_string());
-        Some(View {
-            model,
-            name,
-            vehicle: conf
-                .and_then(|c| c.vehicle.clone())
-                .or_else(|| known.and_then(|k| k.vehicle.clone())),
-            capacity: conf.and_then(|c| c.capacity_ah),
-            mode: conf
-                .and_then(|c| c.mode)
-                .unwrap_or(self.config.defaults.mode),
-            poll_interval: conf
-                .and_then(|c| c.poll_interval)
-                .unwrap_or(self.config.defaults.poll_interval),
-        })
+    /// An active device (configured or auto-configured) as configured, the registry filling gaps.
+    fn view(&self, mac: &Mac) -> Option<&View> {
+        self.views.get(mac)
     }
 
     fn status(&self, mac: Mac, now: DateTime<Utc>) -> DeviceStatusOut {
@@ -413,11 +464,8 @@ impl Fleet {
             mac,
             at: now,
             reachable: live.is_some_and(|l| l.reachable),
-            model: view
-                .as_ref()
-                .and_then(|v| v.model)
-                .or(live.and_then(|l| l.model)),
-            vehicle_id: view.as_ref().and_then(|v| v.vehicle.clone()),
+            model: view.and_then(|v| v.model).or(live.and_then(|l| l.model)),
+            vehicle_id: view.and_then(|v| v.vehicle.clone()),
             error: live.and_then(|l| l.error.clone()),
             last_reading_at: live.and_then(|l| l.last.as_ref().map(|(_, t)| *t)),
             rssi: live.and_then(|l| l.rssi),
@@ -428,13 +476,7 @@ impl Fleet {
 
     /// Every vehicle: those the config defines and those an active device belongs to.
     fn vehicle_ids(&self) -> BTreeSet<String> {
-        let mut ids: BTreeSet<String> = self.config.vehicles.iter().map(|v| v.id.clone()).collect();
-        ids.extend(
-            self.active_macs()
-                .iter()
-                .filter_map(|m| self.view(m)?.vehicle),
-        );
-        ids
+        self.members.keys().cloned().collect()
     }
 
     /// Publish `vehicle`'s summary if its content changed since the last one published.
@@ -448,19 +490,18 @@ impl Fleet {
             .or_else(|| self.registry.vehicles.get(vehicle).map(|v| v.name.clone()))
             .unwrap_or_else(|| vehicle.to_string());
         let mut capacity = 0.0;
-        let devices: Vec<SummaryDevice> = self
-            .active_macs()
-            .into_iter()
+        let members = self.members.get(vehicle).map_or(&[][..], Vec::as_slice);
+        let devices: Vec<SummaryDevice> = members
+            .iter()
             .filter_map(|mac| {
-                let view = self.view(&mac)?;
-                (view.vehicle.as_deref() == Some(vehicle)).then_some(())?;
+                let view = self.view(mac)?;
                 capacity += view.capacity.unwrap_or(0.0);
-                let live = self.live.get(&mac);
+                let live = self.live.get(mac);
                 let last = live.and_then(|l| l.last.as_ref());
                 Some(SummaryDevice {
-                    mac,
-                    name: view.name,
-                    model: view.model,
+                    mac: *mac,
+                    name: view.name.clone(),
+                    model: view.model.or(live.and_then(|l| l.model)),
                     connected: live.is_some_and(|l| l.reachable),
                     voltage: last.map(|(m, _)| m.voltage),
                     state_of_charge: last.and_then(|(m, _)| m.state_of_charge),
@@ -557,7 +598,8 @@ mod tests {
             unreachable!()
         };
         assert!(a.new_vehicle);
-        let registry = f.take_dirty_registry().unwrap().clone();
+        assert!(f.take_dirty_registry());
+        let registry = f.registry().clone();
         let mut again = Fleet::new(config(ONE_VAN), registry, BluetoothState::Simulated);
         assert_eq!(kinds(&again.start(Utc::now())), ["summary", "system"]);
     }
