@@ -4,7 +4,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use battery_hawk::config::{self, Config, Level, LogTarget, Logging};
 use battery_hawk::devices::{self, Decoded, Model, Source};
 use battery_hawk::mac::Mac;
-use battery_hawk::messages::{DecodedReading, ReadingOut};
+use battery_hawk::messages::{DecodedReading, FleetEvent, ReadingOut};
 use battery_hawk::mqtt::payload::Renderer;
 use battery_hawk::pipeline::Pipeline;
 use battery_hawk::{demo, logging, mqtt};
@@ -48,22 +48,32 @@ enum Command {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// List nearby BM2/BM6/BM7 monitors
+    /// List nearby BM2/BM6/BM7 monitors (through BlueZ)
     Scan {
+        /// Seconds to scan
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Adapter to use (default: bluetooth.adapter of the configuration, else hci0)
         #[arg(long)]
         adapter: Option<String>,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
     },
-    /// Connect to one monitor once and print a reading
+    /// Connect to one monitor once (through BlueZ) and print a reading
     Read {
+        /// The monitor's address
         mac: String,
+        /// Model: bm2, bm6 or bm7 (default: detected from its advertisement)
         #[arg(long = "type")]
         device_type: Option<String>,
+        /// Print the reading as JSON (the MQTT reading payload)
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
     },
     /// Decrypt and decode one 16-byte frame (hex); prints the reading as JSON
     Decode {
@@ -91,9 +101,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Demo { port, duration } => run_demo(port, duration.map(Duration::from_secs)),
-        Command::Scan { .. } | Command::Read { .. } => Err(anyhow!(
-            "this command needs bluetooth.backend = \"bluez\", which this build does not have yet"
-        )),
+        Command::Scan {
+            duration,
+            adapter,
+            json,
+            config,
+        } => scan(&config, adapter, Duration::from_secs(duration), json),
+        Command::Read {
+            mac,
+            device_type,
+            json,
+            config,
+        } => read(&config, &mac, device_type.as_deref(), json),
         Command::Decode {
             device_type,
             advertisement,
@@ -285,6 +304,118 @@ fn decode(model: &str, advertisement: bool, mac: Option<&str>, hex: &str) -> Res
         capacity_ah: None,
     });
     println!("{}", String::from_utf8_lossy(&message.payload));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration at `path`, or the defaults when the default file is not there (for `scan`/`read`).
+fn load_or_default(path: &Path) -> Result<Config> {
+    if path == Path::new(config::DEFAULT_PATH) && !path.exists() {
+        return Ok(Config::default());
+    }
+    load(path)
+}
+
+/// Log warnings and errors to stderr for the one-shot commands.
+fn quiet_logging() -> Result<()> {
+    logging::init(&Logging {
+        level: Level::Warn,
+        target: LogTarget::Stderr,
+    })?;
+    Ok(())
+}
+
+fn model_arg(name: Option<&str>) -> Result<Option<Model>> {
+    name.map(|n| {
+        Model::by_name(n)
+            .ok_or_else(|| anyhow!("--type {n}: not a supported model ({})", Model::all_names()))
+    })
+    .transpose()
+}
+
+fn scan(path: &Path, adapter: Option<String>, duration: Duration, json: bool) -> Result<ExitCode> {
+    quiet_logging()?;
+    let config = load_or_default(path)?;
+    let adapter = adapter.unwrap_or(config.bluetooth.adapter);
+    let found = battery_hawk::ble::scan(&adapter, duration)?;
+    let rows: Vec<_> = found
+        .into_iter()
+        .map(|s| {
+            let m = s.model.and_then(|model| {
+                let frame = devices::advert_reading(model, s.mac, &s.manufacturer_data)?;
+                match devices::decode_frame(model, Source::Advertisement, s.mac, &frame) {
+                    Ok((_, Decoded::Reading(m))) => Some(m),
+                    _ => None,
+                }
+            });
+            (s, m)
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            Renderer::new("battery_hawk", "", 1).scan_listing(&rows)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<17}  {:<5}  {:>4}  {:>7}  {:>4}  NAME",
+        "ADDRESS", "MODEL", "RSSI", "VOLTAGE", "SOC"
+    );
+    for (s, m) in &rows {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        println!(
+            "{:<17}  {:<5}  {:>4}  {:>7}  {:>4}  {}",
+            s.mac,
+            s.model.map_or("?", |m| m.name()),
+            opt(s.rssi.map(|r| r.to_string())),
+            opt(m.as_ref().map(|m| format!("{:.2} V", m.voltage))),
+            opt(m
+                .as_ref()
+                .and_then(|m| m.state_of_charge)
+                .map(|s| format!("{s:.0}%"))),
+            s.name.as_deref().unwrap_or("")
+        );
+    }
+    eprintln!(
+        "{} monitor(s) found in {} s",
+        rows.len(),
+        duration.as_secs()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path, mac: &str, device_type: Option<&str>, json: bool) -> Result<ExitCode> {
+    quiet_logging()?;
+    let config = load_or_default(path)?;
+    let mac: Mac = mac.parse().map_err(|e| anyhow!("{e}"))?;
+    let model = model_arg(device_type)?.or_else(|| {
+        config
+            .devices
+            .iter()
+            .find(|d| d.mac == mac)
+            .and_then(|d| d.model())
+    });
+    let frame = battery_hawk::ble::read(&config, mac, model)
+        .map_err(|e| anyhow!("{mac}: error {}: {}", e.code(), e.message()))?;
+    let Some(FleetEvent::Reading(reading)) = battery_hawk::decode::decode(frame) else {
+        bail!("{mac}: error 1005: the monitor's frame did not decode");
+    };
+    if json {
+        let renderer = Renderer::new("battery_hawk", &config.gateway.id, 1);
+        let message = renderer.reading(&ReadingOut {
+            reading,
+            vehicle_id: None,
+            capacity_ah: None,
+        });
+        println!("{}", String::from_utf8_lossy(&message.payload));
+    } else {
+        let m = &reading.measurement;
+        let mut parts = vec![format!("{:.2} V", m.voltage)];
+        parts.extend(m.state_of_charge.map(|s| format!("{s:.0} %")));
+        parts.extend(m.temperature.map(|t| format!("{t:.0} °C")));
+        parts.extend(m.state.clone());
+        println!("{} {mac}: {}", reading.model, parts.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@
 
 use crate::ble::{self, BleStage};
 use crate::config::Config;
+use crate::devices::Model;
 use crate::fleet::registry::Registry;
 use crate::{decode, fleet, mqtt};
 use crossbeam_channel::{Receiver, bounded};
@@ -60,6 +61,12 @@ impl Pipeline {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| PipelineError::StateDir(state_dir.clone(), e))?;
         let registry = Registry::load(state_dir);
+        let auto = registry
+            .devices
+            .iter()
+            .filter(|(_, d)| d.auto)
+            .map(|(mac, d)| (*mac, d.device_type.as_deref().and_then(Model::by_name)))
+            .collect();
         let (ble_tx, ble_rx) = bounded(CHANNEL);
         let (fleet_tx, fleet_rx) = bounded(CHANNEL);
         let (out_tx, out_rx) = bounded(CHANNEL);
@@ -68,7 +75,7 @@ impl Pipeline {
         let fleet = fleet::spawn(Arc::clone(&config), registry, bluetooth, fleet_rx, out_tx)
             .map_err(PipelineError::Spawn)?;
         let decode = decode::spawn(ble_rx, fleet_tx).map_err(PipelineError::Spawn)?;
-        let ble = BleStage::spawn(Arc::clone(&config), ble_tx).map_err(PipelineError::Ble)?;
+        let ble = BleStage::spawn(Arc::clone(&config), auto, ble_tx).map_err(PipelineError::Ble)?;
         Ok(Pipeline {
             ble,
             decode,

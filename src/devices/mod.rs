@@ -209,6 +209,51 @@ pub fn identify_by_name(name: &str) -> Option<Model> {
         .map(|m| Model(*m))
 }
 
+/// Rebuild the 16-byte advertisement frame from BlueZ's manufacturer data entry (SPEC §5.4): the first two
+/// frame bytes became the company id, little-endian. `None` when the value is not 14 bytes.
+pub fn advert_frame(company_id: u16, value: &[u8]) -> Option<[u8; 16]> {
+    let mut frame = [0u8; 16];
+    frame[0..2].copy_from_slice(&company_id.to_le_bytes());
+    frame
+        .get_mut(2..)?
+        .copy_from_slice(value.get(..14).filter(|_| value.len() == 14)?);
+    Some(frame)
+}
+
+/// Apple's company id, under which iBeacon data comes.
+const APPLE: u16 = 76;
+
+/// Which model a device is, from what it advertises: an encrypted advertisement carrying its own address
+/// decides (SPEC §5.3); else the iBeacon UUID; else the advertised name. `None`: not a monitor we know.
+pub fn classify(mac: Mac, name: Option<&str>, manufacturer: &[(u16, Vec<u8>)]) -> Option<Model> {
+    let by_advert = manufacturer
+        .iter()
+        .filter_map(|(cid, v)| advert_frame(*cid, v))
+        .find_map(|f| identify_by_advert(mac, &f));
+    let by_beacon = || {
+        manufacturer
+            .iter()
+            .filter(|(cid, v)| *cid == APPLE && v.len() >= 18 && v[0..2] == [0x02, 0x15])
+            .find_map(|(_, v)| {
+                let uuid = to_hex(&v[2..18]);
+                ALL.iter()
+                    .find(|m| m.ibeacon_uuid().is_some_and(|u| u.replace('-', "") == uuid))
+                    .map(|m| Model(*m))
+            })
+    };
+    by_advert
+        .or_else(by_beacon)
+        .or_else(|| name.and_then(identify_by_name))
+}
+
+/// The reading an advertisement carries, if it is `model`'s and from `mac`.
+pub fn advert_reading(model: Model, mac: Mac, manufacturer: &[(u16, Vec<u8>)]) -> Option<[u8; 16]> {
+    manufacturer
+        .iter()
+        .filter_map(|(cid, v)| advert_frame(*cid, v))
+        .find(|f| decode_frame(model, Source::Advertisement, mac, f).is_ok())
+}
+
 /// SPEC §5.5: 0 < V ≤ 40, −40 ≤ T ≤ 85 °C, 0 ≤ SoC ≤ 100.
 fn validate(m: &Measurement) -> Result<(), DecodeError> {
     let out = |field, value| Err(DecodeError::OutOfRange { field, value });
@@ -303,6 +348,26 @@ mod tests {
         let m = identify_by_advert("38:3B:26:B5:30:AB".parse().unwrap(), &bm6).unwrap();
         assert_eq!(m.name(), "BM6");
         assert!(identify_by_advert("38:3B:26:B5:30:AC".parse().unwrap(), &bm6).is_none());
+    }
+
+    #[test]
+    fn classification_from_adverts_beacons_and_names() {
+        let mac: Mac = "38:3B:26:B5:30:AB".parse().unwrap();
+        let f = parse_hex("ee6e22884c11f151c1760465b2fe9003").unwrap();
+        let mfr = vec![(u16::from_le_bytes([f[0], f[1]]), f[2..].to_vec())];
+        assert_eq!(
+            classify(mac, Some("Battery Monitor"), &mfr).unwrap().name(),
+            "BM6"
+        );
+        assert!(advert_reading(Model::by_name("BM6").unwrap(), mac, &mfr).is_some());
+        assert!(advert_reading(Model::by_name("BM2").unwrap(), mac, &mfr).is_none());
+        let mut beacon = vec![0x02, 0x15];
+        beacon.extend(parse_hex("655f83caae16a10a702e31f30d58dd82").unwrap());
+        beacon.extend([0, 0, 0, 0, 0xc5]);
+        assert_eq!(classify(mac, None, &[(76, beacon)]).unwrap().name(), "BM2");
+        assert_eq!(classify(mac, Some("BM7"), &[]).unwrap().name(), "BM7");
+        assert!(classify(mac, Some("Mi Band"), &[(76, vec![1, 2, 3])]).is_none());
+        assert!(advert_frame(1, &[0; 13]).is_none());
     }
 
     #[test]

@@ -268,6 +268,27 @@ impl Renderer {
         self.message(self.topics.shutdown(), body, 2, Kind::Event)
     }
 
+    /// The `scan --json` listing: each monitor with what its advertisement carries.
+    pub fn scan_listing(
+        &self,
+        found: &[(Sighting, Option<crate::devices::Measurement>)],
+    ) -> String {
+        let list: Vec<Value> = found
+            .iter()
+            .map(|(s, m)| {
+                json!({
+                    "address": s.mac.to_string(),
+                    "model": model_or_null(s.model),
+                    "name": s.name,
+                    "rssi": s.rssi,
+                    "voltage": num(m.as_ref().map(|m| m.voltage)),
+                    "state_of_charge": num(m.as_ref().and_then(|m| m.state_of_charge)),
+                })
+            })
+            .collect();
+        Value::Array(list).to_string()
+    }
+
     /// `online` / `offline` on the availability topic (also the last will).
     pub fn availability(&self, online: bool) -> Message {
         Message {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod bluez;
+
 use crossbeam_channel::{Receiver, unbounded};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;

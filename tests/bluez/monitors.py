@@ -1,0 +1,234 @@
+# -*- coding: utf-8 -*-
+'''python-dbusmock template: BlueZ (the stock bluez5 template) plus Leagend battery monitors.
+
+Loaded by tests/common/bluez.rs as
+    /usr/bin/python3 -m dbusmock --system --template tests/bluez/monitors.py -p '{"scenario": "PATH"}'
+on a private bus. The scenario file (JSON, written by the Rust test) lists the adapter and the devices:
+
+    {"adapter": "hci0",
+     "devices": [{"address": "38:3B:26:B5:30:AB", "name": "BM6", "rssi": -60,
+                  "manufacturer": {"76": "0215...", "18190": "..."},   # company id -> hex value
+                  "adverts": ["hex16", ...], "advert_ms": 200,         # rotated encrypted adverts
+                  "gatt": true,                                        # has the fff0 service
+                  "connect": "ok" | "Failed" | "InProgress" | "hang",  # hang: sleep hang_s
+                  "request": "hex16",     # the encrypted request the monitor answers (BM6/BM7)
+                  "replies": ["hex16"],   # notified after the request (or, without request, streamed)
+                  "stream_ms": 0}]}       # > 0: notify replies[i] every stream_ms after StartNotify (BM2)
+
+Frames are computed by the Rust tests with the real model keys; this file does no cryptography: a monitor
+answers only a request that equals the encrypted request, exactly as a real one ignores anything else.
+
+Extra mock methods on / (org.bluez.Mock): RestoreAdapter() re-creates the adapter and every device after
+the test removed them with RemoveAdapterWithDevices('hci0').
+'''
+
+import json
+import time
+
+import dbus
+from dbusmock import OBJECT_MANAGER_IFACE, mockobject
+from dbusmock.templates import bluez5
+from dbusmock.templates.bluez5 import *  # noqa: F401,F403 (the stock methods: AddAdapter, ...)
+from gi.repository import GLib
+
+GATT_SERVICE_IFACE = 'org.bluez.GattService1'
+GATT_CHRC_IFACE = 'org.bluez.GattCharacteristic1'
+SERVICE_UUID = '0000fff0-0000-1000-8000-00805f9b34fb'
+WRITE_UUID = '0000fff3-0000-1000-8000-00805f9b34fb'
+NOTIFY_UUID = '0000fff4-0000-1000-8000-00805f9b34fb'
+
+SCENARIO = {}
+
+
+def load(mock, parameters):
+    bluez5.load(mock, parameters)
+    # dbusmock registers the main object only after load(); the stock helpers look it up there.
+    mockobject.objects.setdefault('/', mock)
+    with open(parameters['scenario'], encoding='utf-8') as f:
+        SCENARIO.update(json.load(f))
+    build(mock)
+
+
+def build(mock):
+    mock.AddAdapter(SCENARIO.get('adapter', 'hci0'), 'battery-hawk-test')
+    for spec in SCENARIO.get('devices', []):
+        add_monitor(mock, spec)
+
+
+@dbus.service.method(bluez5.BLUEZ_MOCK_IFACE, in_signature='', out_signature='')
+def RestoreAdapter(self):
+    build(self)
+
+
+def manufacturer(mapping):
+    return dbus.Dictionary(
+        {dbus.UInt16(int(cid)): dbus.Array(bytes.fromhex(v), signature='y', variant_level=1)
+         for cid, v in mapping.items()},
+        signature='qv', variant_level=1)
+
+
+def emit_changed(obj, iface, changes):
+    obj.props[iface].update(changes)
+    obj.EmitSignal(dbus.PROPERTIES_IFACE, 'PropertiesChanged', 'sa{sv}as', [iface, changes, []])
+
+
+def add_monitor(mock, spec):
+    adapter_path = '/org/bluez/' + SCENARIO.get('adapter', 'hci0')
+    path = adapter_path + '/dev_' + spec['address'].replace(':', '_').upper()
+    props = {
+        'Address': dbus.String(spec['address'], variant_level=1),
+        'AddressType': dbus.String('public', variant_level=1),
+        'Name': dbus.String(spec.get('name', ''), variant_level=1),
+        'Alias': dbus.String(spec.get('name', spec['address']), variant_level=1),
+        'Icon': dbus.String('', variant_level=1),
+        'Class': dbus.UInt32(0, variant_level=1),
+        'Appearance': dbus.UInt16(0, variant_level=1),
+        'UUIDs': dbus.Array([SERVICE_UUID] if spec.get('gatt', True) else [], signature='s',
+                            variant_level=1),
+        'Paired': dbus.Boolean(False, variant_level=1),
+        'Connected': dbus.Boolean(False, variant_level=1),
+        'Trusted': dbus.Boolean(False, variant_level=1),
+        'Blocked': dbus.Boolean(False, variant_level=1),
+        'WakeAllowed': dbus.Boolean(False, variant_level=1),
+        'Adapter': dbus.ObjectPath(adapter_path, variant_level=1),
+        'LegacyPairing': dbus.Boolean(False, variant_level=1),
+        'Modalias': dbus.String('', variant_level=1),
+        'RSSI': dbus.Int16(spec.get('rssi', -70), variant_level=1),
+        'TxPower': dbus.Int16(0, variant_level=1),
+        'ManufacturerData': manufacturer(spec.get('manufacturer', {})),
+        'ServiceData': dbus.Dictionary({}, signature='sv', variant_level=1),
+        'ServicesResolved': dbus.Boolean(False, variant_level=1),
+        'AdvertisingFlags': dbus.Array([], signature='y', variant_level=1),
+        'AdvertisingData': dbus.Dictionary({}, signature='yv', variant_level=1),
+    }
+    mock.AddObject(path, bluez5.DEVICE_IFACE, props, [
+        ('Connect', '', '', Connect),
+        ('Disconnect', '', '', Disconnect),
+        ('ConnectProfile', 's', '', ''),
+        ('DisconnectProfile', 's', '', ''),
+        ('CancelPairing', '', '', ''),
+        ('Pair', '', '', ''),
+    ])
+    device = mockobject.objects[path]
+    device.spec = spec
+    device.connected = False
+    device.timers = []
+    interfaces = {bluez5.DEVICE_IFACE: props}
+
+    if spec.get('gatt', True):
+        service = path + '/service000c'
+        mock.AddObject(service, GATT_SERVICE_IFACE, {
+            'UUID': dbus.String(SERVICE_UUID, variant_level=1),
+            'Primary': dbus.Boolean(True, variant_level=1),
+            'Device': dbus.ObjectPath(path, variant_level=1),
+            'Includes': dbus.Array([], signature='o', variant_level=1),
+            'Handle': dbus.UInt16(0x0c, variant_level=1),
+        }, [])
+        for handle, uuid, flags in [(0x0d, WRITE_UUID, ['write', 'write-without-response']),
+                                    (0x10, NOTIFY_UUID, ['notify'])]:
+            chrc = service + f'/char{handle:04x}'
+            mock.AddObject(chrc, GATT_CHRC_IFACE, {
+                'UUID': dbus.String(uuid, variant_level=1),
+                'Service': dbus.ObjectPath(service, variant_level=1),
+                'Value': dbus.Array([], signature='y', variant_level=1),
+                'Notifying': dbus.Boolean(False, variant_level=1),
+                'Flags': dbus.Array(flags, signature='s', variant_level=1),
+                'MTU': dbus.UInt16(23, variant_level=1),
+                'Handle': dbus.UInt16(handle, variant_level=1),
+            }, [
+                ('ReadValue', 'a{sv}', 'ay', 'ret = self.props["%s"]["Value"]' % GATT_CHRC_IFACE),
+                ('WriteValue', 'aya{sv}', '', WriteValue),
+                ('StartNotify', '', '', StartNotify),
+                ('StopNotify', '', '', StopNotify),
+            ])
+            mockobject.objects[chrc].device = device
+        device.notify_path = service + '/char0010'
+
+    mockobject.objects['/'].EmitSignal(OBJECT_MANAGER_IFACE, 'InterfacesAdded', 'oa{sa{sv}}',
+                                       [dbus.ObjectPath(path), interfaces])
+
+    adverts = spec.get('adverts', [])
+    if adverts:
+        state = {'i': 0}
+
+        def advertise():
+            if path not in mockobject.objects:
+                return False
+            frame = bytes.fromhex(adverts[state['i'] % len(adverts)])
+            state['i'] += 1
+            cid = frame[0] | (frame[1] << 8)
+            emit_changed(device, bluez5.DEVICE_IFACE,
+                         {'ManufacturerData': manufacturer({str(cid): frame[2:].hex()})})
+            return True
+
+        GLib.timeout_add(spec.get('advert_ms', 200), advertise)
+
+
+def notify(device, frame_hex):
+    if device.notify_path not in mockobject.objects or not device.connected:
+        return False
+    chrc = mockobject.objects[device.notify_path]
+    emit_changed(chrc, GATT_CHRC_IFACE,
+                 {'Value': dbus.Array(bytes.fromhex(frame_hex), signature='y', variant_level=1)})
+    return True
+
+
+def Connect(device):
+    how = device.spec.get('connect', 'ok')
+    if how == 'hang':
+        # Never answers in time: the caller's connection timeout must fire (this blocks the mock).
+        time.sleep(device.spec.get('hang_s', 3))
+        raise dbus.exceptions.DBusException('le-connection-abort-by-local',
+                                            name='org.bluez.Error.Failed')
+    if how != 'ok':
+        raise dbus.exceptions.DBusException(how, name='org.bluez.Error.' + how)
+    device.connected = True
+    emit_changed(device, bluez5.DEVICE_IFACE, {
+        'Connected': dbus.Boolean(True, variant_level=1),
+        'ServicesResolved': dbus.Boolean(True, variant_level=1),
+    })
+
+
+def Disconnect(device):
+    device.connected = False
+    for t in device.timers:
+        GLib.source_remove(t)
+    device.timers = []
+    emit_changed(device, bluez5.DEVICE_IFACE, {
+        'Connected': dbus.Boolean(False, variant_level=1),
+        'ServicesResolved': dbus.Boolean(False, variant_level=1),
+    })
+
+
+def WriteValue(chrc, value, _options):
+    device = chrc.device
+    spec = device.spec
+    if spec.get('request') and bytes(value).hex() == spec['request']:
+        replies = list(spec.get('replies', []))
+
+        def send_next():
+            if replies:
+                notify(device, replies.pop(0))
+            return bool(replies)
+
+        device.timers.append(GLib.timeout_add(10, send_next))
+
+
+def StartNotify(chrc):
+    emit_changed(chrc, GATT_CHRC_IFACE, {'Notifying': dbus.Boolean(True, variant_level=1)})
+    device = chrc.device
+    every = device.spec.get('stream_ms', 0)
+    replies = device.spec.get('replies', [])
+    if every and replies:
+        state = {'i': 0}
+
+        def stream():
+            ok = notify(device, replies[state['i'] % len(replies)])
+            state['i'] += 1
+            return ok
+
+        device.timers.append(GLib.timeout_add(every, stream))
+
+
+def StopNotify(chrc):
+    emit_changed(chrc, GATT_CHRC_IFACE, {'Notifying': dbus.Boolean(False, variant_level=1)})
