@@ -292,3 +292,57 @@ fn the_gateway_polls_listens_passively_and_survives_the_adapter_going_away() {
     assert_eq!(gw.wait(Duration::from_secs(15)), Some(0), "{}", gw.log());
     assert!(!gw.log().contains("panicked"));
 }
+
+#[test]
+fn stream_mode_stays_connected_and_publishes_at_most_one_reading_per_interval() {
+    let bluez = FakeBluez::start(&scenario(vec![
+        json!({"address": BM2_MAC, "name": "ZX-1689", "manufacturer": manufacturer(BM2_ADVERT),
+               "replies": [gatt("BM2", 12.41, 60.0), gatt("BM2", 12.42, 61.0)], "stream_ms": 100}),
+        json!({"address": BM6_MAC, "name": "BM6", "request": BM6_REQUEST, "replies": [BM6_READING]}),
+    ]));
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(broker.port, "battery_hawk/device/+/reading");
+    let state = TempDir::new("state");
+    let config = format!(
+        "[gateway]\nstate_dir = \"{}\"\n[logging]\ntarget = \"stderr\"\nlevel = \"debug\"\n\
+         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n[bluetooth]\nconnection_timeout = 2\n\
+         [discovery]\ninitial_scan = false\n[defaults]\nmode = \"stream\"\npoll_interval = 1\n\
+         [[device]]\nmac = \"{BM2_MAC}\"\ntype = \"BM2\"\n[[device]]\nmac = \"{BM6_MAC}\"\ntype = \"BM6\"\n",
+        state.path().display(),
+        broker.port
+    );
+    let mut gw = Gateway::start_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)]);
+    let t = Duration::from_secs(15);
+    sub.wait_for(t, "BM2 stream reading", |r| r.topic.contains(BM2_MAC));
+    sub.wait_for(t, "BM6 stream reading", |r| r.topic.contains(BM6_MAC));
+    sub.seen.clear();
+    sub.drain_for(Duration::from_millis(3500));
+    let bm2 = sub
+        .seen
+        .iter()
+        .filter(|r| r.topic.contains(BM2_MAC))
+        .count();
+    let bm6 = sub
+        .seen
+        .iter()
+        .filter(|r| r.topic.contains(BM6_MAC))
+        .count();
+    // ~35 BM2 notifications arrived in that time; one reading per second is published.
+    assert!((2..=5).contains(&bm2), "{bm2} BM2 readings in 3.5 s");
+    assert!(
+        (2..=5).contains(&bm6),
+        "{bm6} BM6 readings in 3.5 s (one request per interval)"
+    );
+    assert_eq!(
+        bluez.device_calls(BM2_MAC, "Connect"),
+        1,
+        "stream mode reconnected"
+    );
+    assert_eq!(
+        bluez.device_calls(BM6_MAC, "Connect"),
+        1,
+        "stream mode reconnected"
+    );
+    gw.signal("TERM");
+    assert_eq!(gw.wait(Duration::from_secs(15)), Some(0), "{}", gw.log());
+}

@@ -212,6 +212,8 @@ impl Ctx {
         let mut due: HashMap<Mac, Instant> =
             self.targets.keys().map(|m| (*m, first_poll)).collect();
         let mut polls: JoinSet<PollResult> = JoinSet::new();
+        let mut streams: JoinSet<()> = JoinSet::new();
+        self.start_streams(adapter, &mut streams);
         let mut polling: HashSet<Mac> = HashSet::new();
         let mut announced: HashSet<Mac> = HashSet::new();
         let mut last_advert: HashMap<Mac, Instant> = HashMap::new();
@@ -223,6 +225,7 @@ impl Ctx {
                     Ok(s) => discovery = Some(Box::pin(s)),
                     Err(e) if link_error(&e) == LinkError::AdapterUnavailable => {
                         polls.abort_all();
+                        streams.abort_all();
                         return Exit::AdapterLost(e.to_string());
                     }
                     Err(e) => log::warn!("cannot start a scan: {e}"),
@@ -257,7 +260,7 @@ impl Ctx {
                     due.remove(&mac);
                     continue;
                 };
-                if target.mode == Mode::Passive {
+                if target.mode != Mode::Poll {
                     due.remove(&mac);
                     continue;
                 }
@@ -285,8 +288,11 @@ impl Ctx {
                 command = commands.recv() => {
                     if !self.command(command) {
                         polls.abort_all();
+                        streams.abort_all();
                         return Exit::Stop;
                     }
+                    streams.abort_all();
+                    self.start_streams(adapter, &mut streams);
                     for mac in self.targets.keys() {
                         due.entry(*mac).or_insert(now);
                     }
@@ -295,10 +301,12 @@ impl Ctx {
                 event = adapter_events.next() => match event {
                     None => {
                         polls.abort_all();
+                        streams.abort_all();
                         return Exit::AdapterLost("the adapter was removed".into());
                     }
                     Some(AdapterEvent::PropertyChanged(AdapterProperty::Powered(false))) => {
                         polls.abort_all();
+                        streams.abort_all();
                         return Exit::AdapterLost("the adapter was powered off".into());
                     }
                     Some(_) => {}
@@ -316,6 +324,7 @@ impl Ctx {
                             Ok((data, rssi)) => self.frame(mac, model, Source::Gatt, data, rssi),
                             Err(LinkError::AdapterUnavailable) => {
                                 polls.abort_all();
+                                streams.abort_all();
                                 return Exit::AdapterLost(format!("polling {mac}: adapter unavailable"));
                             }
                             Err(error) => self.send(BleEvent::Notice(Notice::PollFailed { mac, model, error })),
@@ -323,6 +332,23 @@ impl Ctx {
                     }
                 }
                 () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// One long-lived task per `stream` device.
+    fn start_streams(&self, adapter: &Adapter, streams: &mut JoinSet<()>) {
+        for (mac, t) in &self.targets {
+            if t.mode == Mode::Stream {
+                let link = StreamLink {
+                    adapter: adapter.clone(),
+                    mac: *mac,
+                    model: t.model,
+                    interval: t.poll_interval,
+                    config: Arc::clone(&self.config),
+                    tx: self.tx.clone(),
+                };
+                streams.spawn(link.run());
             }
         }
     }
@@ -401,6 +427,122 @@ impl Ctx {
                 frame.to_vec(),
                 sighting.rssi,
             );
+        }
+    }
+}
+
+/// A `stream` device: stay connected, publish at most one reading per poll interval (the newest),
+/// reconnect with backoff when the link drops.
+struct StreamLink {
+    adapter: Adapter,
+    mac: Mac,
+    model: Option<Model>,
+    interval: Duration,
+    config: Arc<Config>,
+    tx: Sender<BleEvent>,
+}
+
+impl StreamLink {
+    async fn run(self) {
+        let mut backoff = Backoff::new(RETRY_PAUSE, Duration::from_secs(60));
+        loop {
+            let error = self.session(&mut backoff).await;
+            if let Ok(device) = self.adapter.device(address(self.mac)) {
+                let _ = device.disconnect().await;
+            }
+            log::info!("{}: stream ended: {}", self.mac, error.message());
+            if error == LinkError::AdapterUnavailable {
+                return;
+            }
+            let failed = Notice::PollFailed {
+                mac: self.mac,
+                model: self.model,
+                error,
+            };
+            if self.tx.send(BleEvent::Notice(failed)).is_err() {
+                return;
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// One connection's life; returns why it ended.
+    async fn session(&self, backoff: &mut Backoff) -> LinkError {
+        let mac = self.mac;
+        let device = match self.adapter.device(address(mac)) {
+            Ok(d) => d,
+            Err(e) => return link_error(&e),
+        };
+        if !self
+            .adapter
+            .device_addresses()
+            .await
+            .is_ok_and(|a| a.contains(&address(mac)))
+        {
+            return LinkError::NotFound;
+        }
+        let Some(model) = self.model.or(sighting(&device, mac).await.model) else {
+            return LinkError::BadData("model unknown: set `type` for this device".into());
+        };
+        let limit = Duration::from_secs(self.config.bluetooth.connection_timeout);
+        if let Err(e) = connect(&device, limit).await {
+            return e;
+        }
+        let resolved = timeout(limit, async {
+            while !device.is_services_resolved().await.unwrap_or(false) {
+                tokio::time::sleep(RESOLVE_CHECK).await;
+            }
+        });
+        if resolved.await.is_err() {
+            return LinkError::Timeout;
+        }
+        let (write, notify) = match characteristics(&device).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let mut values = match notify.notify().await {
+            Ok(v) => Box::pin(v),
+            Err(e) => return link_error(&e),
+        };
+        let mut tick = tokio::time::interval(self.interval);
+        let mut newest: Option<Vec<u8>> = None;
+        let mut next_publish = Instant::now();
+        loop {
+            tokio::select! {
+                value = values.next() => {
+                    let Some(v) = value else { return LinkError::Failed("connection lost".into()) };
+                    if !matches!(devices::decode_frame(model, Source::Gatt, mac, &v), Ok((_, Decoded::Reading(_)))) {
+                        continue;
+                    }
+                    backoff.reset();
+                    newest = Some(v);
+                }
+                _ = tick.tick() => {
+                    if let Some(request) = model.gatt_request() {
+                        let req = CharacteristicWriteRequest { op_type: WriteOp::Request, ..Default::default() };
+                        if let Err(e) = write.write_ext(&devices::encrypt_frame(model, &request), &req).await {
+                            return link_error(&e);
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= next_publish
+                && let Some(frame) = newest.take()
+            {
+                next_publish = Instant::now() + self.interval;
+                let rssi = device.rssi().await.ok().flatten();
+                let event = BleEvent::Frame(RawFrame {
+                    mac,
+                    model,
+                    source: Source::Gatt,
+                    data: frame,
+                    rssi,
+                    received_at: Utc::now(),
+                });
+                if self.tx.send(event).is_err() {
+                    return LinkError::Failed("pipeline stopped".into());
+                }
+            }
         }
     }
 }

@@ -127,6 +127,18 @@ impl FakeBluez {
         self.send(&all);
     }
 
+    /// How many times `method` was called on the device `mac`'s object.
+    pub fn device_calls(&self, mac: &str, method: &str) -> usize {
+        let path = format!("/org/bluez/hci0/dev_{}", mac.replace(':', "_"));
+        let out = self.send(&[
+            "--dest=org.bluez",
+            &path,
+            "org.freedesktop.DBus.Mock.GetMethodCalls",
+            &format!("string:{method}"),
+        ]);
+        out.matches("struct {").count()
+    }
+
     /// bluetoothd going away: the bus name disappears.
     pub fn stop_bluez(&mut self) {
         if let Some(mut m) = self.mock.take() {
