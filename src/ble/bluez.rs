@@ -14,7 +14,10 @@ use crate::mac::Mac;
 use crate::messages::{BleEvent, BluetoothState, LinkError, Notice, RawFrame, Sighting};
 use bluer::gatt::WriteOp;
 use bluer::gatt::remote::{Characteristic, CharacteristicWriteRequest};
-use bluer::{Adapter, AdapterEvent, AdapterProperty, Address, Device, ErrorKind, Session, Uuid};
+use bluer::{
+    Adapter, AdapterEvent, AdapterProperty, Address, Device, DiscoveryFilter, DiscoveryTransport,
+    ErrorKind, Session, Uuid,
+};
 use chrono::Utc;
 use crossbeam_channel::Sender;
 use futures::{Stream, StreamExt};
@@ -114,7 +117,19 @@ async fn acquire(name: &str) -> Result<Adapter, String> {
         .adapter(name)
         .map_err(|e| format!("adapter {name}: {e}"))?;
     match adapter.is_powered().await {
-        Ok(true) => Ok(adapter),
+        Ok(true) => {
+            // LE only, and every advertisement reported (passive readings need the repeats).
+            let filter = DiscoveryFilter {
+                transport: DiscoveryTransport::Le,
+                duplicate_data: true,
+                ..Default::default()
+            };
+            adapter
+                .set_discovery_filter(filter)
+                .await
+                .map_err(|e| format!("adapter {name}: cannot set the discovery filter: {e}"))?;
+            Ok(adapter)
+        }
         Ok(false) => Err(format!("adapter {name} is powered off")),
         Err(e) => Err(format!("adapter {name} not found ({e})")),
     }
