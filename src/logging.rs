@@ -82,6 +82,23 @@ impl std::fmt::Display for LoggingError {
 
 impl std::error::Error for LoggingError {}
 
+/// A sink writing RFC 3164 messages (facility daemon, tag `battery-hawk[pid]`) to the system log socket,
+/// or to `socket` when given.
+pub fn syslog_sink(socket: Option<&Path>) -> Result<syslog::BasicLogger, LoggingError> {
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: "battery-hawk".into(),
+        pid: std::process::id(),
+    };
+    let writer = match socket {
+        Some(path) => syslog::unix_custom(formatter, path),
+        None => syslog::unix(formatter),
+    }
+    .map_err(|e| LoggingError(format!("logging.target = syslog: {e}")))?;
+    Ok(syslog::BasicLogger::new(writer))
+}
+
 /// Install the logger for `cfg`. `auto` means syslog when stderr is not a terminal and `/dev/log` exists.
 pub fn init(cfg: &Logging) -> Result<(), LoggingError> {
     let use_syslog = match cfg.target {
@@ -91,17 +108,9 @@ pub fn init(cfg: &Logging) -> Result<(), LoggingError> {
     };
     let own = filter(cfg.level);
     let logger: Box<dyn Log> = if use_syslog {
-        let formatter = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
-            process: "battery-hawk".into(),
-            pid: std::process::id(),
-        };
-        let writer = syslog::unix(formatter)
-            .map_err(|e| LoggingError(format!("logging.target = syslog: {e}")))?;
         Box::new(Filtered {
             own,
-            inner: syslog::BasicLogger::new(writer),
+            inner: syslog_sink(None)?,
         })
     } else {
         Box::new(Filtered { own, inner: Stderr })
@@ -109,4 +118,55 @@ pub fn init(cfg: &Logging) -> Result<(), LoggingError> {
     log::set_boxed_logger(logger).map_err(|e| LoggingError(e.to_string()))?;
     log::set_max_level(own.max(LevelFilter::Warn));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn syslog_lines_reach_the_socket_with_our_tag_and_level() {
+        let dir = std::env::temp_dir().join(format!("bh-syslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        // BasicLogger also honours the global maximum, which `init` sets.
+        log::set_max_level(LevelFilter::Trace);
+        let sink = Filtered {
+            own: LevelFilter::Info,
+            inner: syslog_sink(Some(&path)).unwrap(),
+        };
+        let record = |level, target: &'static str, text: &'static str| {
+            sink.log(
+                &Record::builder()
+                    .level(level)
+                    .target(target)
+                    .args(format_args!("{text}"))
+                    .build(),
+            )
+        };
+        record(log::Level::Debug, "battery_hawk::mqtt", "not shown at info");
+        record(
+            log::Level::Info,
+            "rumqttc::state",
+            "dependency info is not shown",
+        );
+        record(log::Level::Warn, "battery_hawk::mqtt", "broker unreachable");
+        let mut buf = [0u8; 1024];
+        let n = socket.recv(&mut buf).unwrap();
+        let line = String::from_utf8_lossy(&buf[..n]);
+        // <28> = facility daemon (3) * 8 + warning (4).
+        assert!(line.starts_with("<28>"), "{line}");
+        assert!(
+            line.contains(&format!("battery-hawk[{}]", std::process::id())),
+            "{line}"
+        );
+        assert!(line.ends_with("broker unreachable"), "{line}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
