@@ -52,6 +52,7 @@ pub struct Config {
     pub discovery: Discovery,
     pub defaults: Defaults,
     pub simulation: Simulation,
+    pub homeassistant: HomeAssistant,
     #[serde(rename = "vehicle", skip_serializing_if = "Vec::is_empty")]
     pub vehicles: Vec<VehicleConf>,
     #[serde(rename = "device", skip_serializing_if = "Vec::is_empty")]
@@ -269,6 +270,24 @@ impl Default for Simulation {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomeAssistant {
+    pub enabled: bool,
+    pub discovery_prefix: String,
+    pub status_topic: String,
+}
+
+impl Default for HomeAssistant {
+    fn default() -> Self {
+        HomeAssistant {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+            status_topic: "homeassistant/status".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VehicleConf {
     pub id: String,
@@ -341,6 +360,12 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Err(e) = validate_prefix(&self.mqtt.topic_prefix) {
             return bad(format!("mqtt.topic_prefix: {e}"));
+        }
+        if let Err(e) = validate_prefix(&self.homeassistant.discovery_prefix) {
+            return bad(format!("homeassistant.discovery_prefix: {e}"));
+        }
+        if let Err(e) = validate_prefix(&self.homeassistant.status_topic) {
+            return bad(format!("homeassistant.status_topic: {e}"));
         }
         if self.mqtt.qos > 2 {
             return bad(format!("mqtt.qos = {} (allowed: 0, 1 or 2)", self.mqtt.qos));

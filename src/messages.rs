@@ -150,7 +150,17 @@ pub enum Outbound {
     Associated(AssociationOut),
     Discovered(Sighting),
     System(SystemSnapshot),
-    Shutdown { reason: String },
+    /// A device or vehicle left the configuration: its retained state is cleared.
+    Removed(Removed),
+    Shutdown {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Removed {
+    Device(Mac),
+    Vehicle(String),
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +182,9 @@ pub struct DeviceStatusOut {
     pub rssi: Option<i16>,
     pub consecutive_failures: u32,
     pub mode: Mode,
+    /// The device's name (config, registry, or model) and poll interval (s), for observers.
+    pub name: String,
+    pub poll_interval: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use crate::devices::{Measurement, Model, Source};
 use crate::mac::Mac;
 use crate::messages::{
     AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, LinkError, Notice,
-    Outbound, ReadingOut, Sighting, SummaryDevice, SummaryOut, SystemSnapshot,
+    Outbound, ReadingOut, Removed, Sighting, SummaryDevice, SummaryOut, SystemSnapshot,
 };
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -331,13 +331,23 @@ impl Fleet {
     }
 
     fn reconfigure(&mut self, config: Arc<Config>, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
-        let before = self.vehicle_ids();
+        let devices_before: BTreeSet<Mac> = self.views.keys().copied().collect();
+        let vehicles_before = self.vehicle_ids();
         self.config = config;
         self.reconcile(now, out);
         let views = &self.views;
         self.live.retain(|mac, _| views.contains_key(mac));
-        let mut vehicles = before;
-        vehicles.extend(self.vehicle_ids());
+        for mac in devices_before
+            .iter()
+            .filter(|m| !self.views.contains_key(m))
+        {
+            out.push(Outbound::Removed(Removed::Device(*mac)));
+        }
+        let vehicles = self.vehicle_ids();
+        for gone in vehicles_before.difference(&vehicles) {
+            self.published.remove(gone);
+            out.push(Outbound::Removed(Removed::Vehicle(gone.clone())));
+        }
         for v in vehicles {
             self.refresh_summary(&v, now, out);
         }
@@ -471,6 +481,8 @@ impl Fleet {
             rssi: live.and_then(|l| l.rssi),
             consecutive_failures: live.map_or(0, |l| l.consecutive_failures),
             mode: view.map_or(self.config.defaults.mode, |v| v.mode),
+            name: view.map_or_else(|| mac.to_string(), |v| v.name.clone()),
+            poll_interval: view.map_or(self.config.defaults.poll_interval, |v| v.poll_interval),
         }
     }
 
@@ -577,6 +589,7 @@ mod tests {
                 Outbound::Associated(_) => "associated",
                 Outbound::Discovered(_) => "discovered",
                 Outbound::System(_) => "system",
+                Outbound::Removed(_) => "removed",
                 Outbound::Shutdown { .. } => "shutdown",
             })
             .collect()
@@ -744,6 +757,20 @@ mod tests {
             })
             .collect();
         assert!(summaries.contains(&("van", 0)) && summaries.contains(&("boat", 1)));
+        // Dropping the device and the boat: the device's and the boat's retained state are cleared.
+        let gone = "[[vehicle]]\nid = \"van\"\n";
+        let out = f.handle(
+            FleetEvent::Notice(Notice::Reconfigure(config(gone))),
+            Utc::now(),
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Outbound::Removed(Removed::Device(_))))
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Outbound::Removed(Removed::Vehicle(v)) if v == "boat"))
+        );
         assert_eq!(k.last(), Some(&"system"));
     }
 

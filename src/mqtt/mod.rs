@@ -8,6 +8,7 @@
 //! bounded outbox at all times), call a blocking `publish`, spin while the broker is away, or log a secret.
 
 pub mod demo;
+pub mod homeassistant;
 pub mod outbox;
 pub mod payload;
 pub mod topics;
@@ -35,6 +36,8 @@ const REQUEST_CHANNEL: usize = 10;
 const INFLIGHT: u16 = 100;
 /// Messages the outbox hands to rumqttc before waiting for them to be written.
 const WINDOW: usize = INFLIGHT as usize + REQUEST_CHANNEL;
+/// Home Assistant drops discovery configs sent the instant it comes online; wait this long first.
+const HA_GRACE: Duration = Duration::from_secs(2);
 /// CA bundle used with `tls = true` and no `ca_file` (Debian's ca-certificates).
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -61,6 +64,11 @@ enum Net {
     Connected,
     Written(u16),
     Acked(u16),
+    /// A message on a topic we subscribed to (Home Assistant's status).
+    Incoming {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// The connection is gone. The outbox requeues, then answers on `ack` so the loop can clear
     /// rumqttc's queues knowing nothing new was handed over meanwhile.
     Down {
@@ -140,8 +148,17 @@ pub fn spawn(
             let _ = done_tx.send(());
         })
         .map_err(MqttError::Spawn)?;
+    let ha = config.homeassistant.enabled.then(|| {
+        homeassistant::HomeAssistant::new(
+            &config.homeassistant,
+            renderer.topics.clone(),
+            &config.gateway.id,
+        )
+    });
     let stage = OutboxStage {
         client,
+        ha,
+        reannounce_at: None,
         outbox: Outbox::new(config.mqtt.outbox_capacity, config.mqtt.retries),
         renderer,
         connected: false,
@@ -232,6 +249,10 @@ fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>) {
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => Net::Written(pkid),
             Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => Net::Acked(ack.pkid),
             Ok(Ok(Event::Incoming(Packet::PubComp(comp)))) => Net::Acked(comp.pkid),
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Net::Incoming {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            },
             Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => {
@@ -263,6 +284,10 @@ fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>) {
 /// The outbox thread's state.
 struct OutboxStage {
     client: Client,
+    /// Home Assistant discovery, when enabled: an observer of what is published.
+    ha: Option<homeassistant::HomeAssistant>,
+    /// When to re-send discovery configs after Home Assistant came online.
+    reannounce_at: Option<Instant>,
     outbox: Outbox,
     renderer: Renderer,
     connected: bool,
@@ -281,7 +306,11 @@ impl OutboxStage {
         let mut final_steps: Vec<Message> = Vec::new();
         let mut ever_down = false;
         loop {
-            let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let wake = match (deadline, self.reannounce_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = wake.map(|d| d.saturating_duration_since(Instant::now()));
             select! {
                 recv(input) -> out => {
                     let out = out.unwrap_or_else(|_| Outbound::Shutdown { reason: "pipeline stopped".into() });
@@ -306,6 +335,19 @@ impl OutboxStage {
                             self.outbox.push_front(status);
                         }
                         self.outbox.push_front(self.renderer.availability(true));
+                        if let Some(ha) = &self.ha {
+                            let topic = ha.status_topic().to_string();
+                            if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+                                log::warn!("cannot subscribe to Home Assistant's status: {e}");
+                            }
+                        }
+                    }
+                    Ok(Net::Incoming { topic, payload }) => {
+                        let from_ha = self.ha.as_ref().is_some_and(|h| h.status_topic() == topic);
+                        if from_ha && payload == b"online" {
+                            log::info!("Home Assistant is online: re-sending discovery in {HA_GRACE:?}");
+                            self.reannounce_at = Some(Instant::now() + HA_GRACE);
+                        }
                     }
                     Ok(Net::Written(pkid)) => self.outbox.written(pkid),
                     Ok(Net::Acked(pkid)) => self.outbox.acked(pkid),
@@ -322,7 +364,17 @@ impl OutboxStage {
                     }
                     Err(_) => break,
                 },
-                default(wait.unwrap_or(Duration::MAX)) => break,
+                default(wait.unwrap_or(Duration::MAX)) => {
+                    let now = Instant::now();
+                    if self.reannounce_at.is_some_and(|t| t <= now) {
+                        self.reannounce_at = None;
+                        let configs = self.ha.as_ref().map(|h| h.announce_all()).unwrap_or_default();
+                        configs.into_iter().for_each(|m| self.push(m));
+                    }
+                    if deadline.is_some_and(|d| d <= now) {
+                        break;
+                    }
+                }
             }
             self.pump();
             if deadline.is_some() && self.outbox.is_empty() {
@@ -352,6 +404,8 @@ impl OutboxStage {
         }
         let msg = self.renderer.render(out, &self.local_status());
         self.push(msg);
+        let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
+        discovery.into_iter().for_each(|m| self.push(m));
     }
 
     fn push(&mut self, msg: Message) {

@@ -5,7 +5,8 @@ use super::topics::Topics;
 use crate::devices::{Model, to_hex};
 use crate::fleet::summary::round2;
 use crate::messages::{
-    AssociationOut, DeviceStatusOut, Outbound, ReadingOut, Sighting, SummaryOut, SystemSnapshot,
+    AssociationOut, DeviceStatusOut, Outbound, ReadingOut, Removed, Sighting, SummaryOut,
+    SystemSnapshot,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -92,6 +93,7 @@ impl Renderer {
             Outbound::Associated(a) => self.associated(a),
             Outbound::Discovered(s) => self.discovered(s),
             Outbound::System(s) => self.system_status(s, local),
+            Outbound::Removed(r) => self.removed(r),
             Outbound::Shutdown { reason } => self.shutdown(reason, Utc::now()),
         }
     }
@@ -259,6 +261,21 @@ impl Renderer {
         self.message(self.topics.system_status(), body, 2, Kind::State)
     }
 
+    /// An empty retained message clears the retained state of what left the configuration.
+    pub fn removed(&self, r: &Removed) -> Message {
+        let topic = match r {
+            Removed::Device(mac) => self.topics.status(*mac),
+            Removed::Vehicle(id) => self.topics.summary(id),
+        };
+        Message {
+            topic,
+            payload: Vec::new(),
+            qos: self.qos,
+            retain: true,
+            kind: Kind::State,
+        }
+    }
+
     pub fn shutdown(&self, reason: &str, at: DateTime<Utc>) -> Message {
         let body = json!({
             "timestamp": timestamp(at),
@@ -374,6 +391,8 @@ mod tests {
             rssi: Some(-45),
             consecutive_failures: 3,
             mode: Mode::Poll,
+            name: "Starter".into(),
+            poll_interval: 300,
         });
         assert_eq!((m.qos, m.retain), (0, true));
         let v = parse(&m);

@@ -1,0 +1,227 @@
+//! Home Assistant discovery against a real mosquitto: configs, the JSON paths their templates read,
+//! re-announcing on `homeassistant/status online`, removal after a reload, and turning it off.
+
+mod common;
+
+use common::{Gateway, Mosquitto, Received, Subscriber, TempDir, sim_config};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(15);
+const BM6: &str = "aabbcc000011";
+const BM2: &str = "aabbcc000012";
+
+fn devices(with_bm2: bool) -> String {
+    let mut s = "[simulation]\ninterval_ms = 200\n[[vehicle]]\nid = \"van\"\nname = \"Van\"\n\
+                 [[device]]\nmac = \"AA:BB:CC:00:00:11\"\ntype = \"BM6\"\nname = \"Starter\"\nvehicle = \"van\"\n"
+        .to_string();
+    if with_bm2 {
+        s += "[[device]]\nmac = \"AA:BB:CC:00:00:12\"\ntype = \"BM2\"\nmode = \"passive\"\npoll_interval = 10\n";
+    }
+    s
+}
+
+fn config_topic(object: &str) -> String {
+    format!("homeassistant/device/{object}/config")
+}
+
+/// `{{ value_json.a.b }}` → ["a", "b"].
+fn template_path(template: &str) -> Option<Vec<String>> {
+    let inner = template
+        .trim()
+        .strip_prefix("{{")?
+        .strip_suffix("}}")?
+        .trim();
+    let path = inner.strip_prefix("value_json.")?;
+    Some(path.split('.').map(str::to_string).collect())
+}
+
+fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+#[test]
+fn discovery_configs_match_the_payloads_they_read() {
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(broker.port, "#");
+    let state = TempDir::new("state");
+    let _gw = Gateway::start(&sim_config(broker.port, state.path(), &devices(true)));
+    let bm6 = sub.wait_for(T, "BM6 config", |r| {
+        r.topic == config_topic(&format!("battery_hawk_{BM6}"))
+    });
+    let bm2 = sub.wait_for(T, "BM2 config", |r| {
+        r.topic == config_topic(&format!("battery_hawk_{BM2}"))
+    });
+    let van = sub.wait_for(T, "vehicle config", |r| {
+        r.topic == config_topic("battery_hawk_vehicle_van")
+    });
+    let gw = sub.wait_for(T, "gateway config", |r| {
+        r.topic == config_topic("battery_hawk_gateway_test-gw")
+    });
+    for c in [&bm6, &bm2, &van, &gw] {
+        assert_eq!(c.qos, 1, "{}", c.topic);
+    }
+    let mut late = Subscriber::connect(broker.port, "homeassistant/#");
+    late.drain_for(Duration::from_millis(500));
+    assert_eq!(
+        late.seen.iter().filter(|r| r.retain).count(),
+        4,
+        "the four configs are retained"
+    );
+    let v = bm6.json();
+    assert_eq!(v["dev"]["name"], "Starter");
+    assert_eq!(v["dev"]["mdl"], "BM6");
+    assert_eq!(v["dev"]["via_device"], "battery_hawk_gateway_test-gw");
+    assert_eq!(v["o"]["name"], "Battery Hawk");
+    assert_eq!(v["cmps"]["voltage"]["device_class"], "voltage");
+    assert_eq!(v["cmps"]["voltage"]["unit_of_measurement"], "V");
+    assert_eq!(v["cmps"]["voltage"]["state_class"], "measurement");
+    assert_eq!(v["cmps"]["soc"]["device_class"], "battery");
+    assert_eq!(v["cmps"]["temperature"]["unit_of_measurement"], "°C");
+    assert_eq!(v["cmps"]["state"]["device_class"], "enum");
+    assert_eq!(v["cmps"]["rssi"]["entity_category"], "diagnostic");
+    assert_eq!(v["cmps"]["last_reading"]["device_class"], "timestamp");
+    assert_eq!(v["availability_mode"], "all");
+    assert_eq!(
+        v["availability"][0]["topic"],
+        "battery_hawk/system/availability"
+    );
+    assert_eq!(
+        v["availability"][1]["topic"],
+        "battery_hawk/device/AA:BB:CC:00:00:11/status"
+    );
+    let b = bm2.json();
+    assert!(
+        b["cmps"].get("temperature").is_none(),
+        "the BM2 measures no temperature"
+    );
+    assert_eq!(
+        b["cmps"]["voltage"]["expire_after"], 30,
+        "3 × its poll interval"
+    );
+
+    // Every template reads a path that exists in a real payload on its state topic.
+    sub.wait_for(T, "summary with a reading", |r| {
+        r.topic == "battery_hawk/vehicle/van/summary" && r.json()["connected_devices"] == 1
+    });
+    sub.wait_for(T, "BM2 reading", |r| {
+        r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/reading"
+    });
+    sub.wait_for(T, "system status", |r| {
+        r.topic == "battery_hawk/system/status"
+    });
+    let latest: HashMap<&str, &Received> = sub.seen.iter().map(|r| (r.topic.as_str(), r)).collect();
+    let mut checked = 0;
+    for config in [&bm6, &bm2, &van, &gw] {
+        let v = config.json();
+        for (key, c) in v["cmps"].as_object().unwrap() {
+            let unique = c["unique_id"].as_str().unwrap();
+            assert!(
+                unique
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-'),
+                "{unique}"
+            );
+            let Some(template) = c["value_template"].as_str() else {
+                continue;
+            };
+            let path = template_path(template).unwrap_or_else(|| panic!("{key}: {template}"));
+            let topic = c["state_topic"].as_str().unwrap();
+            let payload = latest
+                .get(topic)
+                .unwrap_or_else(|| panic!("nothing seen on {topic}"))
+                .json();
+            assert!(
+                lookup(&payload, &path).is_some(),
+                "{key}: {template} not in {payload}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} templates checked");
+}
+
+#[test]
+fn configs_are_re_sent_when_home_assistant_comes_online() {
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(broker.port, "homeassistant/device/#");
+    let state = TempDir::new("state");
+    let _gw = Gateway::start(&sim_config(broker.port, state.path(), &devices(false)));
+    sub.wait_for(T, "first config", |r| r.topic.contains(BM6));
+    sub.drain_for(Duration::from_millis(500));
+    sub.seen.clear();
+    let sent = Instant::now();
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "homeassistant/status",
+            "-m",
+            "online",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let again = sub.wait_for(T, "re-announced config", |r| r.topic.contains(BM6));
+    let after = again.at.duration_since(sent);
+    assert!(
+        after >= Duration::from_millis(1500),
+        "re-sent after {after:?}: too soon for HA"
+    );
+    sub.wait_for(T, "vehicle re-announced", |r| {
+        r.topic.contains("vehicle_van")
+    });
+    sub.wait_for(T, "gateway re-announced", |r| r.topic.contains("gateway"));
+}
+
+#[test]
+fn a_device_removed_by_reload_loses_its_entities() {
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(broker.port, "#");
+    let state = TempDir::new("state");
+    let gw = Gateway::start(&sim_config(broker.port, state.path(), &devices(true)));
+    let topic = config_topic(&format!("battery_hawk_{BM2}"));
+    sub.wait_for(T, "BM2 config", |r| {
+        r.topic == topic && !r.payload.is_empty()
+    });
+    sub.wait_for(T, "BM2 status", |r| {
+        r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/status"
+    });
+    gw.rewrite_config(&sim_config(broker.port, state.path(), &devices(false)));
+    gw.signal("HUP");
+    sub.wait_for(T, "empty BM2 config", |r| {
+        r.topic == topic && r.payload.is_empty()
+    });
+    sub.wait_for(T, "cleared BM2 status", |r| {
+        r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/status" && r.payload.is_empty()
+    });
+    // Nothing retained is left for it: a newcomer sees no ghost.
+    let mut late = Subscriber::connect(broker.port, "#");
+    late.drain_for(Duration::from_millis(700));
+    assert!(
+        late.seen
+            .iter()
+            .all(|r| !r.topic.contains(BM2) && !r.topic.contains("00:00:12"))
+    );
+    assert!(late.seen.iter().any(|r| r.topic.contains(BM6)));
+}
+
+#[test]
+fn discovery_can_be_turned_off() {
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(broker.port, "#");
+    let state = TempDir::new("state");
+    let extra = format!("[homeassistant]\nenabled = false\n{}", devices(false));
+    let _gw = Gateway::start(&sim_config(broker.port, state.path(), &extra));
+    sub.wait_for(T, "a reading", |r| r.topic.ends_with("/reading"));
+    sub.drain_for(Duration::from_secs(1));
+    assert!(
+        sub.seen
+            .iter()
+            .all(|r| !r.topic.starts_with("homeassistant/"))
+    );
+}
