@@ -1,0 +1,75 @@
+//! Property tests: whatever bytes arrive from the air and whatever text is in the config file, the gateway
+//! answers with a value or an error — never a panic, never an implausible reading.
+
+use battery_hawk::config::Config;
+use battery_hawk::devices::{self, ALL, Decoded, Model, Source};
+use battery_hawk::mac::Mac;
+use proptest::prelude::*;
+use std::path::Path;
+
+fn plausible(d: &Decoded) -> bool {
+    match d {
+        Decoded::Reading(m) => {
+            m.voltage > 0.0
+                && m.voltage <= 40.0
+                && m.temperature.is_none_or(|t| (-40.0..=85.0).contains(&t))
+                && m.state_of_charge.is_none_or(|s| (0.0..=100.0).contains(&s))
+        }
+        Decoded::Echo | Decoded::Version => true,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_bytes_under_any_model_decode_or_fail_cleanly(
+        data in proptest::collection::vec(any::<u8>(), 0..=64),
+        mac in any::<[u8; 6]>(),
+        advert in any::<bool>(),
+    ) {
+        let source = if advert { Source::Advertisement } else { Source::Gatt };
+        for m in ALL {
+            if let Ok((_, d)) = devices::decode_frame(Model(*m), source, Mac(mac), &data) {
+                prop_assert!(data.len() == 16);
+                prop_assert!(plausible(&d), "{} {:?}", m.name(), d);
+            }
+        }
+        let _ = devices::classify(Mac(mac), None, &[(u16::from(mac[0]), data.clone())]);
+    }
+
+    #[test]
+    fn any_plaintext_encrypted_with_any_key_gives_only_plausible_readings(
+        plain in any::<[u8; 16]>(),
+        mac in any::<[u8; 6]>(),
+    ) {
+        for m in ALL {
+            let model = Model(*m);
+            let frame = devices::encrypt_frame(model, &plain);
+            for source in [Source::Gatt, Source::Advertisement] {
+                if let Ok((back, d)) = devices::decode_frame(model, source, Mac(mac), &frame) {
+                    prop_assert_eq!(back, plain);
+                    prop_assert!(plausible(&d), "{} {:?}", m.name(), d);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_config_text_parses_or_gives_an_error(text in "\\PC{0,200}") {
+        let _ = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new());
+    }
+
+    #[test]
+    fn config_shaped_text_parses_or_gives_an_error(
+        section in prop::sample::select(vec!["gateway", "mqtt", "bluetooth", "defaults", "simulation", "x"]),
+        key in "[a-z_]{1,20}",
+        value in prop::sample::select(vec!["1", "-1", "\"\"", "\"a/#\"", "true", "1e400", "[1]", "{a=1}", "99999999999999999999"]),
+        mac in "[0-9A-Fa-f:-]{0,20}",
+    ) {
+        let text = format!("[{section}]\n{key} = {value}\n[[device]]\nmac = \"{mac}\"\n");
+        let _ = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new());
+        let env = vec![(format!("BATTERYHAWK_{}_{}", section.to_uppercase(), key.to_uppercase()), value.to_string())];
+        let _ = Config::from_toml("", Path::new("fuzz.toml"), env);
+    }
+}
