@@ -85,7 +85,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n\
                  log_dest file {}\nmax_queued_messages 100000\n",
                 self.port,
                 self.dir.path().join("mosquitto.log").display()
