@@ -11,6 +11,7 @@ pub mod demo;
 pub mod homeassistant;
 pub mod outbox;
 pub mod payload;
+pub mod spool;
 pub mod topics;
 
 use crate::backoff::Backoff;
@@ -159,7 +160,7 @@ pub fn spawn(
         client,
         ha,
         reannounce_at: None,
-        outbox: Outbox::new(config.mqtt.outbox_capacity, config.mqtt.retries),
+        outbox: outbox(config),
         renderer,
         connected: false,
         snapshot: None,
@@ -182,6 +183,24 @@ pub fn spawn(
         ended,
         conn: Some((conn, done_rx)),
     })
+}
+
+/// The outbox, with the disk spool unless `mqtt.spool_max_mb = 0` (or the spool cannot be opened).
+fn outbox(config: &Config) -> Outbox {
+    let memory = Outbox::new(config.mqtt.outbox_capacity, config.mqtt.retries);
+    if config.mqtt.spool_max_mb == 0 {
+        return memory;
+    }
+    match spool::Spool::open(
+        &config.gateway.state_dir.join("spool"),
+        config.mqtt.spool_max_mb,
+    ) {
+        Ok(s) => memory.with_spool(s),
+        Err(e) => {
+            log::error!("{e}; readings are kept in memory only");
+            memory
+        }
+    }
 }
 
 fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, MqttError> {
@@ -306,10 +325,11 @@ impl OutboxStage {
         let mut final_steps: Vec<Message> = Vec::new();
         let mut ever_down = false;
         loop {
-            let wake = match (deadline, self.reannounce_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let sync_at = self.outbox.sync_spool(false);
+            let wake = [deadline, self.reannounce_at, sync_at]
+                .into_iter()
+                .flatten()
+                .min();
             let wait = wake.map(|d| d.saturating_duration_since(Instant::now()));
             select! {
                 recv(input) -> out => {
@@ -330,6 +350,7 @@ impl OutboxStage {
                     Ok(Net::Connected) => {
                         log::info!("connected to the MQTT broker at {}", self.broker);
                         self.connected = true;
+                        self.outbox.connected();
                         if let Some(s) = &self.snapshot {
                             let status = self.renderer.system_status(s, &self.local_status());
                             self.outbox.push_front(status);
@@ -390,6 +411,13 @@ impl OutboxStage {
         if self.connected {
             let _ = self.client.try_disconnect();
         }
+        let saved = self.outbox.spill();
+        if saved > 0 {
+            log::warn!(
+                "broker unreachable at shutdown: {saved} reading(s) saved to the spool for the next start"
+            );
+        }
+        self.outbox.sync_spool(true);
         if !self.outbox.is_empty() {
             log::warn!(
                 "stopped with {} message(s) not acknowledged by the broker",
@@ -438,7 +466,7 @@ impl OutboxStage {
         LocalStatus {
             uptime_seconds: self.started.elapsed().as_secs(),
             outbox_queued: self.outbox.len(),
-            outbox_spooled: 0,
+            outbox_spooled: self.outbox.spooled() as usize,
             dropped_messages: self.outbox.dropped(),
             disk_usage_percent: disk_usage_percent(&self.state_dir),
             mqtt_connected: self.connected,

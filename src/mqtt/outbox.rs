@@ -7,6 +7,7 @@
 //! (counted in `dropped`). Must never: lose an unacknowledged QoS ≥ 1 message any other way, or reorder.
 
 use super::payload::{Kind, Message};
+use super::spool::Spool;
 use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug)]
@@ -15,6 +16,8 @@ struct Entry {
     msg: Message,
     /// How many connections this entry was handed to that dropped before it was acknowledged.
     attempts: u32,
+    /// The spool segment it was read back from (it is deleted once all its readings are acknowledged).
+    spooled: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -32,7 +35,13 @@ pub struct Outbox {
     /// Retained topic → sequence number of its newest message.
     newest: HashMap<String, i64>,
     dropped: u64,
+    /// Where readings go while the broker is away, the memory is full, or older readings are spooled.
+    spool: Option<Spool>,
+    connected: bool,
 }
+
+/// Readings read back from the spool at a time.
+const REPLAY_BATCH: usize = 100;
 
 impl Outbox {
     /// `capacity` messages in memory; a message is given up after `max_attempts` lost connections.
@@ -47,11 +56,51 @@ impl Outbox {
             inflight: HashMap::new(),
             newest: HashMap::new(),
             dropped: 0,
+            spool: None,
+            connected: false,
+        }
+    }
+
+    /// Use `spool` for readings that cannot wait in memory (see the module doc of `spool`).
+    pub fn with_spool(mut self, spool: Spool) -> Outbox {
+        self.spool = Some(spool);
+        self
+    }
+
+    /// The broker connection is up: replay can start.
+    pub fn connected(&mut self) {
+        self.connected = true;
+    }
+
+    /// Try to put a reading in the spool; gives it back if there is no spool or it failed.
+    fn spool_reading(&mut self, msg: Message) -> Option<Message> {
+        let in_memory = self.queue.len() + self.handed.len() + self.inflight.len();
+        let Some(spool) = self.spool.as_mut() else {
+            return Some(msg);
+        };
+        let wanted = !self.connected || !spool.is_empty() || in_memory >= self.capacity;
+        if !wanted {
+            return Some(msg);
+        }
+        match spool.append(&msg) {
+            Ok(()) => None,
+            Err(e) => {
+                log::error!("spool: cannot write ({e}); keeping the reading in memory");
+                Some(msg)
+            }
         }
     }
 
     /// Accept a message at the back of the queue.
     pub fn push(&mut self, msg: Message) {
+        let msg = if msg.kind == Kind::Reading {
+            match self.spool_reading(msg) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            msg
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.len() >= self.capacity && !self.drop_oldest_reading() && msg.kind == Kind::Reading {
@@ -71,12 +120,20 @@ impl Outbox {
 
     fn accept(&mut self, seq: i64, msg: Message, front: bool) {
         if msg.retain {
+            // A newer state replaces a queued older one in place, so the queue stays bounded by topics.
+            if let Some(&old) = self.newest.get(&msg.topic)
+                && let Ok(i) = self.queue.binary_search_by_key(&old, |e| e.seq)
+            {
+                self.queue[i].msg = msg;
+                return;
+            }
             self.newest.insert(msg.topic.clone(), seq);
         }
         let entry = Entry {
             seq,
             msg,
             attempts: 0,
+            spooled: None,
         };
         if front {
             self.queue.push_front(entry);
@@ -104,6 +161,9 @@ impl Outbox {
 
     /// The next message to hand to the client (superseded retained state is skipped and discarded).
     pub fn peek(&mut self) -> Option<&Message> {
+        if self.queue.is_empty() && self.connected {
+            self.replay();
+        }
         while let Some(front) = self.queue.front() {
             if self.is_stale(front) {
                 self.queue.pop_front();
@@ -146,7 +206,27 @@ impl Outbox {
         }
     }
 
+    /// Read the next batch of spooled readings into the queue (they are older than anything new).
+    fn replay(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        for (msg, segment) in spool.read_batch(REPLAY_BATCH) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.queue.push_back(Entry {
+                seq,
+                msg,
+                attempts: 0,
+                spooled: Some(segment),
+            });
+        }
+    }
+
     fn forget(&mut self, e: &Entry) {
+        if let (Some(segment), Some(spool)) = (e.spooled, self.spool.as_mut()) {
+            spool.acked(segment);
+        }
         if e.msg.retain && self.newest.get(&e.msg.topic) == Some(&e.seq) {
             self.newest.remove(&e.msg.topic);
         }
@@ -154,6 +234,7 @@ impl Outbox {
 
     /// The connection dropped: everything unacknowledged goes back into the queue, in original order.
     pub fn connection_lost(&mut self) {
+        self.connected = false;
         let mut back: Vec<Entry> = self.handed.drain(..).collect();
         back.extend(self.inflight.drain().map(|(_, e)| e));
         back.sort_by_key(|e| e.seq);
@@ -161,6 +242,7 @@ impl Outbox {
             let attempts = e.attempts + 1;
             if attempts >= self.max_attempts && e.msg.kind != Kind::State {
                 self.dropped += 1;
+                self.forget(&e);
                 log::warn!(
                     "giving up on a message for {} after {attempts} lost connections",
                     e.msg.topic
@@ -183,9 +265,51 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Messages given up (outbox full, or failed too often).
+    /// Messages given up (outbox or spool full, or failed too often).
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.dropped + self.spool.as_ref().map_or(0, Spool::dropped)
+    }
+
+    /// Readings waiting in the spool.
+    pub fn spooled(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::len)
+    }
+
+    /// fsync the spool if a sync is due (`force`: now), and when the next one is due.
+    pub fn sync_spool(&mut self, force: bool) -> Option<std::time::Instant> {
+        let spool = self.spool.as_mut()?;
+        spool.sync_due(force);
+        spool.sync_deadline()
+    }
+
+    /// Stopping while the broker is unreachable: the readings still in memory go to the front of the
+    /// spool (they are older than what is there), so the next start delivers them. Returns how many.
+    pub fn spill(&mut self) -> usize {
+        let Some(spool) = self.spool.as_mut() else {
+            return 0;
+        };
+        let mut all: Vec<Entry> = self
+            .handed
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, e)| e))
+            .collect();
+        all.extend(self.queue.drain(..));
+        all.sort_by_key(|e| e.seq);
+        let readings: Vec<Message> = all
+            .into_iter()
+            .filter(|e| e.msg.kind == Kind::Reading && e.spooled.is_none())
+            .map(|e| e.msg)
+            .collect();
+        match spool.prepend(&readings) {
+            Ok(()) => readings.len(),
+            Err(e) => {
+                log::error!(
+                    "spool: cannot save {} reading(s) at shutdown: {e}",
+                    readings.len()
+                );
+                0
+            }
+        }
     }
 }
 
@@ -274,7 +398,8 @@ mod tests {
             seen.push(m.payload.clone());
             o.handed_over();
         }
-        assert_eq!(seen, [b"r".to_vec(), b"newer".to_vec()]);
+        // The newer state took the older one's place; the older was never sent.
+        assert_eq!(seen, [b"newer".to_vec(), b"r".to_vec()]);
     }
 
     #[test]
@@ -292,6 +417,18 @@ mod tests {
             o.handed_over();
         }
         assert_eq!(seen, [b"newer".to_vec()]);
+    }
+
+    #[test]
+    fn a_long_outage_does_not_pile_up_states() {
+        let mut o = Outbox::new(10, 3);
+        for i in 0..1000 {
+            let mut s = msg("status", Kind::State, 1);
+            s.payload = format!("{i}").into_bytes();
+            o.push(s);
+        }
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.peek().unwrap().payload, b"999");
     }
 
     #[test]

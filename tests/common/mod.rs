@@ -60,6 +60,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Keep sessions and queued messages across restarts (saved on a clean stop).
+    persistent: bool,
 }
 
 impl Mosquitto {
@@ -73,9 +75,30 @@ impl Mosquitto {
             port,
             dir,
             child: None,
+            persistent: false,
         };
         m.restart();
         m
+    }
+
+    /// A broker that keeps persistent sessions across (clean) restarts.
+    pub fn start_persistent() -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: TempDir::new("mosquitto"),
+            child: None,
+            persistent: true,
+        };
+        m.restart();
+        m
+    }
+
+    /// Stop the broker as an operator would (SIGTERM: it saves its persistent state).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
     }
 
     /// (Re)start the broker process on the same port.
@@ -85,9 +108,11 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n\
-                 log_dest file {}\nmax_queued_messages 100000\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence {}\npersistence_location {}/\n\
+                 user root\nlog_dest file {}\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
                 self.port,
+                self.persistent,
+                self.dir.path().display(),
                 self.dir.path().join("mosquitto.log").display()
             ),
         )
@@ -158,8 +183,18 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn connect(port: u16, filter: &str) -> Subscriber {
-        let id = format!("test-sub-{}", free_port());
+        Subscriber::connect_as(port, filter, &format!("test-sub-{}", free_port()), true)
+    }
+
+    /// A subscriber with a persistent session (`clean_session = false`) under `id`: with a persistent
+    /// broker it gets what was published while it was away, across broker restarts.
+    pub fn persistent(port: u16, filter: &str, id: &str) -> Subscriber {
+        Subscriber::connect_as(port, filter, id, false)
+    }
+
+    fn connect_as(port: u16, filter: &str, id: &str, clean: bool) -> Subscriber {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(clean);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = Client::new(o, 100);
