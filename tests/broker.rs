@@ -251,17 +251,7 @@ fn readings_made_while_the_broker_is_down_arrive_in_order_with_their_timestamps(
     let mut sub = Subscriber::connect(broker.port, "battery_hawk/#");
     sub.wait_for(SECS(15), "online", |r| r.text() == "online");
     sub.drain_for(SECS(1));
-    gw.signal("TERM");
-    sub.wait_for(SECS(10), "shutdown", |r| {
-        r.topic.ends_with("/system/shutdown")
-    });
-    assert_eq!(gw.wait(SECS(10)), Some(0));
-    let last = sub
-        .on("battery_hawk/system/status")
-        .into_iter()
-        .next_back()
-        .unwrap()
-        .json();
+    let last = gw.stop_and_last_status(&mut sub);
     let produced = last["counters"]["readings"].as_u64().unwrap();
     let stamps: Vec<String> = sub
         .on(topic)
@@ -354,17 +344,7 @@ fn sighup_reloads_devices_without_losing_state() {
         r.topic.ends_with("00:00:04/reading") && r.at > after_bad_reload
     });
     let mut gw = gw;
-    gw.signal("TERM");
-    sub.wait_for(SECS(10), "shutdown", |r| {
-        r.topic.ends_with("/system/shutdown")
-    });
-    assert_eq!(gw.wait(SECS(10)), Some(0));
-    let last = sub
-        .on("battery_hawk/system/status")
-        .into_iter()
-        .next_back()
-        .unwrap()
-        .json();
+    let last = gw.stop_and_last_status(&mut sub);
     let readings = last["counters"]["readings"].as_u64().unwrap();
     let published = sub
         .seen

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{Gateway, Mosquitto, Received, Subscriber, TempDir, free_port, sim_config};
-use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -49,13 +48,6 @@ fn delivered(seen: &[Received]) -> (BTreeMap<String, Vec<String>>, usize) {
     (per, dups)
 }
 
-fn last_status(seen: &[Received]) -> Value {
-    seen.iter()
-        .rfind(|r| r.topic.ends_with("/system/status"))
-        .expect("a system status")
-        .json()
-}
-
 #[test]
 fn a_broker_restarted_twice_under_load_loses_no_reading() {
     let _serial = serial();
@@ -72,15 +64,10 @@ fn a_broker_restarted_twice_under_load_loses_no_reading() {
         broker.restart();
     }
     std::thread::sleep(Duration::from_secs(2));
-    gw.signal("TERM");
-    sub.wait_for(T, "shutdown event", |r| {
-        r.topic.ends_with("/system/shutdown")
-    });
-    assert_eq!(gw.wait(T), Some(0), "{}", gw.log());
-    sub.drain_for(Duration::from_millis(500));
-    let produced = last_status(&sub.seen)["counters"]["readings"]
+    let produced = gw.stop_and_last_status(&mut sub)["counters"]["readings"]
         .as_u64()
         .unwrap();
+    sub.drain_for(Duration::from_millis(500));
     let (per, dups) = delivered(&sub.seen);
     let total: usize = per.values().map(Vec::len).sum();
     eprintln!("broker restarts: produced {produced}, delivered {total} unique, {dups} duplicates");

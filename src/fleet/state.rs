@@ -546,6 +546,10 @@ mod tests {
         Arc::new(Config::from_toml(text, Path::new("t.toml"), Vec::new()).unwrap())
     }
 
+    fn fleet(text: &str) -> Fleet {
+        Fleet::new(config(text), Registry::default(), BluetoothState::Simulated)
+    }
+
     fn bm6() -> Model {
         Model::by_name("BM6").unwrap()
     }
@@ -600,11 +604,7 @@ mod tests {
 
     #[test]
     fn start_associates_config_devices_once() {
-        let mut f = Fleet::new(
-            config(ONE_VAN),
-            Registry::default(),
-            BluetoothState::Simulated,
-        );
+        let mut f = fleet(ONE_VAN);
         let out = f.start(Utc::now());
         assert_eq!(kinds(&out), ["associated", "summary", "system"]);
         let Outbound::Associated(a) = &out[0] else {
@@ -619,11 +619,7 @@ mod tests {
 
     #[test]
     fn a_reading_publishes_discovery_once_then_reading_status_summary() {
-        let mut f = Fleet::new(
-            config(ONE_VAN),
-            Registry::default(),
-            BluetoothState::Simulated,
-        );
+        let mut f = fleet(ONE_VAN);
         f.start(Utc::now());
         let out = f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
         assert_eq!(kinds(&out), ["discovered", "reading", "status", "summary"]);
@@ -650,11 +646,7 @@ mod tests {
 
     #[test]
     fn failures_set_error_codes_and_count() {
-        let mut f = Fleet::new(
-            config(ONE_VAN),
-            Registry::default(),
-            BluetoothState::Simulated,
-        );
+        let mut f = fleet(ONE_VAN);
         f.start(Utc::now());
         f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
         let fail = FleetEvent::Notice(Notice::PollFailed {
@@ -734,11 +726,7 @@ mod tests {
 
     #[test]
     fn config_wins_and_moving_a_device_updates_both_vehicles() {
-        let mut f = Fleet::new(
-            config(ONE_VAN),
-            Registry::default(),
-            BluetoothState::Simulated,
-        );
+        let mut f = fleet(ONE_VAN);
         f.start(Utc::now());
         f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
         let moved = "[[vehicle]]\nid = \"van\"\n[[vehicle]]\nid = \"boat\"\n\

@@ -363,6 +363,25 @@ impl Gateway {
         }
     }
 
+    /// SIGTERM, wait for the shutdown event on `sub` and a clean exit; the last system status seen.
+    pub fn stop_and_last_status(&mut self, sub: &mut Subscriber) -> Value {
+        self.signal("TERM");
+        sub.wait_for(Duration::from_secs(15), "shutdown event", |r| {
+            r.topic.ends_with("/system/shutdown")
+        });
+        assert_eq!(
+            self.wait(Duration::from_secs(15)),
+            Some(0),
+            "log:\n{}",
+            self.log()
+        );
+        sub.seen
+            .iter()
+            .rfind(|r| r.topic.ends_with("/system/status"))
+            .expect("a system status")
+            .json()
+    }
+
     pub fn rewrite_config(&self, text: &str) {
         let mut f = std::fs::File::create(&self.config).unwrap();
         f.write_all(text.as_bytes()).unwrap();
