@@ -6,6 +6,7 @@
 //! block on the broker (its only output is the bounded channel to the decode stage).
 
 mod bluez;
+mod link;
 mod sim;
 
 use crate::config::{Backend, Config, Mode};

@@ -4,8 +4,11 @@
 //! Must never: log or print a secret, accept an unknown key, or panic on bad input — every error names the
 //! file/line, key or environment variable at fault.
 
+mod env;
+
 use crate::devices::Model;
 use crate::mac::Mac;
+use env::apply_env;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,9 +16,6 @@ use std::path::{Path, PathBuf};
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/battery-hawk/config.toml";
-
-/// Prefix of the environment overrides.
-const ENV_PREFIX: &str = "BATTERYHAWK_";
 
 /// A configuration that cannot be used, and why.
 #[derive(Debug)]
@@ -535,63 +535,6 @@ pub fn validate_vehicle_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Apply `BATTERYHAWK_<SECTION>_<KEY>` overrides. The value is read as the type the key has.
-fn apply_env(
-    config: Config,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, ConfigError> {
-    let mut overrides: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    if overrides.is_empty() {
-        return Ok(config);
-    }
-    overrides.sort();
-    let mut table = toml::Table::try_from(&config)
-        .map_err(|e| ConfigError::Invalid(format!("internal: {e}")))?;
-    for (var, value) in overrides {
-        let err = |m: String| ConfigError::Env(var.clone(), m);
-        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
-        let (section, key) = rest
-            .split_once('_')
-            .ok_or_else(|| err("expected BATTERYHAWK_<SECTION>_<KEY>".into()))?;
-        let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
-            return Err(err(format!("there is no [{section}] section")));
-        };
-        let Some(slot) = sec.get_mut(key) else {
-            return Err(err(format!("[{section}] has no key '{key}'")));
-        };
-        *slot = match slot {
-            toml::Value::String(_) => toml::Value::String(value),
-            toml::Value::Integer(_) => toml::Value::Integer(
-                value
-                    .trim()
-                    .parse()
-                    .map_err(|_| err(format!("'{value}' is not a whole number")))?,
-            ),
-            toml::Value::Float(_) => toml::Value::Float(
-                value
-                    .trim()
-                    .parse()
-                    .map_err(|_| err(format!("'{value}' is not a number")))?,
-            ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(match value.trim() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => return Err(err(format!("'{value}' is not true or false"))),
-            }),
-            _ => return Err(err("this key cannot be set from the environment".into())),
-        };
-        toml::Value::Table(table.clone())
-            .try_into::<Config>()
-            .map_err(|e| err(e.to_string().trim_end().to_string()))?;
-    }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
-}
-
 /// The machine's host name, the default gateway id.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -603,180 +546,4 @@ fn host_name() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, String> {
-        parse_env(text, &[])
-    }
-
-    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::from_toml(text, Path::new("test.toml"), env).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn empty_file_gives_the_spec_defaults() {
-        let c = parse("").unwrap();
-        assert_eq!(c.mqtt.topic_prefix, "battery_hawk");
-        assert_eq!(c.mqtt.qos, 1);
-        assert_eq!(c.mqtt.status_interval, 60);
-        assert_eq!(c.bluetooth.backend, Backend::Bluez);
-        assert_eq!(c.defaults.mode, Mode::Poll);
-        assert_eq!(c.defaults.poll_interval, 300);
-        assert!(c.client_id().starts_with("battery-hawk-"));
-    }
-
-    #[test]
-    fn full_example_parses() {
-        let c = parse(
-            r#"
-            [gateway]
-            id = "garage"
-            [mqtt]
-            topic_prefix = "home/battery_hawk"
-            [[vehicle]]
-            id = "my_vehicle"
-            name = "My Vehicle"
-            [[device]]
-            mac = "aa-bb-cc-dd-ee-ff"
-            type = "bm6"
-            vehicle = "my_vehicle"
-            capacity_ah = 100
-            "#,
-        )
-        .unwrap();
-        assert_eq!(c.devices[0].mac.to_string(), "AA:BB:CC:DD:EE:FF");
-        assert_eq!(c.devices[0].model().unwrap().name(), "BM6");
-        assert_eq!(c.client_id(), "battery-hawk-garage");
-    }
-
-    #[test]
-    fn unknown_key_is_named_with_its_line() {
-        let e = parse("[mqtt]\nbroker = \"x\"\ncolour = 3\n").unwrap_err();
-        assert!(e.contains("line 3") && e.contains("colour"), "{e}");
-        let e = parse("[mqtt]\nbroker = \"x\"\n[nonsense]\n").unwrap_err();
-        assert!(e.contains("nonsense"), "{e}");
-    }
-
-    #[test]
-    fn syntax_error_names_the_line() {
-        let e = parse("[mqtt]\nbroker = \n").unwrap_err();
-        assert!(e.contains("line 2"), "{e}");
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let cases = [
-            ("[[device]]\nmac = \"AA:BB:CC:DD:EE\"\n", "AA:BB:CC:DD:EE"),
-            ("[[vehicle]]\nid = \"my car\"\n", "my car"),
-            ("[mqtt]\ntopic_prefix = \"a/#\"\n", "mqtt.topic_prefix"),
-            ("[mqtt]\ntopic_prefix = \"/a\"\n", "mqtt.topic_prefix"),
-            ("[mqtt]\ntopic_prefix = \"\"\n", "mqtt.topic_prefix"),
-            ("[mqtt]\nqos = 3\n", "mqtt.qos"),
-            ("[mqtt]\nqos = -1\n", "qos"),
-            (
-                "[mqtt]\npassword_file = \"/nonexistent/pw\"\n",
-                "mqtt.password_file",
-            ),
-            ("[logging]\nlevel = \"loud\"\n", "loud"),
-            ("[defaults]\nmode = \"sometimes\"\n", "sometimes"),
-            (
-                "[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\ntype = \"BM9\"\n",
-                "BM9",
-            ),
-            (
-                "[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\nvehicle = \"boat\"\n",
-                "boat",
-            ),
-            (
-                "[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\ntype = \"BM7\"\nmode = \"passive\"\n",
-                "passive",
-            ),
-            (
-                "[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\n[[device]]\nmac = \"aa:bb:cc:dd:ee:ff\"\n",
-                "twice",
-            ),
-            ("[simulation]\nfailure_rate = 2.0\n", "failure_rate"),
-        ];
-        for (text, needle) in cases {
-            let e = parse(text).unwrap_err();
-            assert!(e.contains(needle), "{text:?} gave {e:?}");
-        }
-    }
-
-    #[test]
-    fn env_overrides_keys_with_underscores_and_types() {
-        let c = parse_env(
-            "[mqtt]\ntopic_prefix = \"a\"\n",
-            &[
-                ("BATTERYHAWK_MQTT_TOPIC_PREFIX", "home/bh"),
-                ("BATTERYHAWK_MQTT_PORT", "1884"),
-                ("BATTERYHAWK_MQTT_TLS", "true"),
-                ("BATTERYHAWK_SIMULATION_FAILURE_RATE", "0.5"),
-                ("BATTERYHAWK_BLUETOOTH_BACKEND", "simulated"),
-                ("OTHER_VAR", "ignored"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.mqtt.topic_prefix, "home/bh");
-        assert_eq!(c.mqtt.port, 1884);
-        assert!(c.mqtt.tls);
-        assert_eq!(c.simulation.failure_rate, 0.5);
-        assert_eq!(c.bluetooth.backend, Backend::Simulated);
-    }
-
-    #[test]
-    fn bad_env_overrides_name_the_variable() {
-        for (var, value) in [
-            ("BATTERYHAWK_MQTT_PORT", "lots"),
-            ("BATTERYHAWK_MQTT_COLOUR", "red"),
-            ("BATTERYHAWK_NOSECTION_KEY", "1"),
-            ("BATTERYHAWK_BLUETOOTH_BACKEND", "carrier-pigeon"),
-            ("BATTERYHAWK_MQTT_TOPIC_PREFIX", "a/+"),
-        ] {
-            let e = parse_env("", &[(var, value)]).unwrap_err();
-            let named = e.contains(var) || e.contains("topic_prefix");
-            assert!(named, "{var}={value} gave {e}");
-        }
-    }
-
-    #[test]
-    fn password_is_read_from_file_and_never_printed() {
-        let dir = std::env::temp_dir().join(format!("bh-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pw = dir.join("pw");
-        std::fs::write(&pw, "s3cret-pw\n").unwrap();
-        let text = format!(
-            "[mqtt]\nusername = \"u\"\npassword_file = \"{}\"\n",
-            pw.display()
-        );
-        let c = parse(&text).unwrap();
-        assert_eq!(c.mqtt.password.0, "s3cret-pw");
-        assert!(!format!("{c:?}").contains("s3cret-pw"));
-        let shown = c.to_redacted_toml();
-        assert!(!shown.contains("s3cret-pw") && shown.contains("<redacted>"));
-        assert!(!format!("{c}").contains("s3cret-pw"));
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn prefix_rules() {
-        for ok in ["battery_hawk", "home/battery_hawk", "a"] {
-            assert!(validate_prefix(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "a/", "/a", "a/+/b", "a#", "a\0b", "a//b"] {
-            assert!(validate_prefix(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn redacted_toml_parses_back() {
-        let c = parse(
-            "[[vehicle]]\nid = \"v\"\n[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\nvehicle = \"v\"\n",
-        )
-        .unwrap();
-        let again = parse(&c.to_redacted_toml()).unwrap();
-        assert_eq!(again, c);
-    }
-}
+mod tests;

@@ -1,0 +1,263 @@
+//! Unit tests of the fleet state machine.
+
+use super::*;
+use crate::config::Config;
+use std::path::Path;
+
+const BM6: &str = "AA:BB:CC:DD:EE:01";
+
+fn config(text: &str) -> Arc<Config> {
+    Arc::new(Config::from_toml(text, Path::new("t.toml"), Vec::new()).unwrap())
+}
+
+fn fleet(text: &str) -> Fleet {
+    Fleet::new(config(text), Registry::default(), BluetoothState::Simulated)
+}
+
+fn bm6() -> Model {
+    Model::by_name("BM6").unwrap()
+}
+
+fn reading(mac: &str, voltage: f64, soc: f64, source: Source) -> FleetEvent {
+    FleetEvent::Reading(DecodedReading {
+        mac: mac.parse().unwrap(),
+        model: bm6(),
+        source,
+        measurement: Measurement {
+            voltage,
+            temperature: Some(20.0),
+            state_of_charge: Some(soc),
+            state: None,
+            counters: vec![],
+        },
+        plain: [0; 16],
+        rssi: Some(-60),
+        received_at: Utc::now(),
+    })
+}
+
+fn seen(mac: &str) -> FleetEvent {
+    FleetEvent::Notice(Notice::Seen(Sighting {
+        mac: mac.parse().unwrap(),
+        name: Some("BM6".into()),
+        model: Some(bm6()),
+        rssi: Some(-70),
+        service_uuids: vec![],
+        manufacturer_data: vec![],
+        at: Utc::now(),
+    }))
+}
+
+fn kinds(out: &[Outbound]) -> Vec<&'static str> {
+    out.iter()
+        .map(|o| match o {
+            Outbound::Reading(_) => "reading",
+            Outbound::DeviceStatus(_) => "status",
+            Outbound::Summary(_) => "summary",
+            Outbound::Associated(_) => "associated",
+            Outbound::Discovered(_) => "discovered",
+            Outbound::System(_) => "system",
+            Outbound::Removed(_) => "removed",
+            Outbound::Shutdown { .. } => "shutdown",
+        })
+        .collect()
+}
+
+const ONE_VAN: &str = "[[vehicle]]\nid = \"van\"\nname = \"Van\"\n\
+                       [[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\ntype = \"BM6\"\nvehicle = \"van\"\ncapacity_ah = 50\n";
+
+#[test]
+fn start_associates_config_devices_once() {
+    let mut f = fleet(ONE_VAN);
+    let out = f.start(Utc::now());
+    assert_eq!(kinds(&out), ["associated", "summary", "system"]);
+    let Outbound::Associated(a) = &out[0] else {
+        unreachable!()
+    };
+    assert!(a.new_vehicle);
+    assert!(f.take_dirty_registry());
+    let registry = f.registry().clone();
+    let mut again = Fleet::new(config(ONE_VAN), registry, BluetoothState::Simulated);
+    assert_eq!(kinds(&again.start(Utc::now())), ["summary", "system"]);
+}
+
+#[test]
+fn a_reading_publishes_discovery_once_then_reading_status_summary() {
+    let mut f = fleet(ONE_VAN);
+    f.start(Utc::now());
+    let out = f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
+    assert_eq!(kinds(&out), ["discovered", "reading", "status", "summary"]);
+    let Outbound::Reading(r) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (r.vehicle_id.as_deref(), r.capacity_ah),
+        (Some("van"), Some(50.0))
+    );
+    let Outbound::Summary(s) = &out[3] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (s.connected_devices, s.health_score, s.total_capacity),
+        (1, 0.85, 50.0)
+    );
+    // Same values again: the summary is cached.
+    let out = f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
+    assert_eq!(kinds(&out), ["reading", "status"]);
+    let out = f.handle(reading(BM6, 12.5, 80.0, Source::Gatt), Utc::now());
+    assert_eq!(kinds(&out), ["reading", "status", "summary"]);
+}
+
+#[test]
+fn failures_set_error_codes_and_count() {
+    let mut f = fleet(ONE_VAN);
+    f.start(Utc::now());
+    f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
+    let fail = FleetEvent::Notice(Notice::PollFailed {
+        mac: BM6.parse().unwrap(),
+        model: Some(bm6()),
+        error: LinkError::Timeout,
+    });
+    f.handle(fail.clone(), Utc::now());
+    let out = f.handle(fail, Utc::now());
+    let Outbound::DeviceStatus(s) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(!s.reachable);
+    assert_eq!(s.error.as_ref().unwrap().0, 1001);
+    assert_eq!(s.consecutive_failures, 2);
+    assert!(s.last_reading_at.is_some());
+    let rejected = FleetEvent::Rejected {
+        mac: BM6.parse().unwrap(),
+        model: bm6(),
+        why: "corrupt".into(),
+    };
+    let out = f.handle(rejected, Utc::now());
+    let Outbound::DeviceStatus(s) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(s.error.as_ref().unwrap().0, 1005);
+    let snap = f.snapshot(Utc::now(), true);
+    assert_eq!(
+        (snap.readings, snap.connection_failures, snap.decode_errors),
+        (1, 2, 1)
+    );
+    assert_eq!((snap.devices_total, snap.devices_connected), (1, 0));
+    let out = f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
+    let Outbound::DeviceStatus(s) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert!(s.reachable && s.error.is_none() && s.consecutive_failures == 0);
+}
+
+#[test]
+fn auto_configure_creates_vehicles_that_never_collide() {
+    let mut f = Fleet::new(
+        config("[[vehicle]]\nid = \"vehicle_1\"\n"),
+        Registry::default(),
+        BluetoothState::Active,
+    );
+    f.start(Utc::now());
+    let out = f.handle(seen("AA:BB:CC:DD:EE:02"), Utc::now());
+    assert_eq!(
+        kinds(&out),
+        ["discovered", "associated", "summary", "system"]
+    );
+    let Outbound::Associated(a) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!((a.vehicle_id.as_str(), a.new_vehicle), ("vehicle_2", true));
+    let Outbound::Summary(s) = &out[2] else {
+        unreachable!()
+    };
+    assert_eq!(s.name, "Vehicle 2");
+    // Seen again: nothing new.
+    assert!(kinds(&f.handle(seen("AA:BB:CC:DD:EE:02"), Utc::now())).is_empty());
+    assert_eq!(f.snapshot(Utc::now(), true).devices_total, 1);
+}
+
+#[test]
+fn without_auto_configure_a_found_device_is_only_announced() {
+    let mut f = Fleet::new(
+        config("[discovery]\nauto_configure = false\n"),
+        Registry::default(),
+        BluetoothState::Active,
+    );
+    let out = f.handle(seen("AA:BB:CC:DD:EE:03"), Utc::now());
+    assert_eq!(kinds(&out), ["discovered"]);
+    assert_eq!(f.snapshot(Utc::now(), true).devices_total, 0);
+}
+
+#[test]
+fn config_wins_and_moving_a_device_updates_both_vehicles() {
+    let mut f = fleet(ONE_VAN);
+    f.start(Utc::now());
+    f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
+    let moved = "[[vehicle]]\nid = \"van\"\n[[vehicle]]\nid = \"boat\"\n\
+                 [[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\nvehicle = \"boat\"\n";
+    let out = f.handle(
+        FleetEvent::Notice(Notice::Reconfigure(config(moved))),
+        Utc::now(),
+    );
+    let k = kinds(&out);
+    assert_eq!(&k[..3], ["associated", "summary", "summary"], "{k:?}");
+    let summaries: Vec<(&str, usize)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Summary(s) => Some((s.vehicle_id.as_str(), s.total_devices)),
+            _ => None,
+        })
+        .collect();
+    assert!(summaries.contains(&("van", 0)) && summaries.contains(&("boat", 1)));
+    // Dropping the device and the boat: the device's and the boat's retained state are cleared.
+    let gone = "[[vehicle]]\nid = \"van\"\n";
+    let out = f.handle(
+        FleetEvent::Notice(Notice::Reconfigure(config(gone))),
+        Utc::now(),
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Outbound::Removed(Removed::Device(_))))
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Outbound::Removed(Removed::Vehicle(v)) if v == "boat"))
+    );
+    assert_eq!(k.last(), Some(&"system"));
+}
+
+#[test]
+fn passive_devices_expire_after_three_intervals() {
+    let text = "[[device]]\nmac = \"AA:BB:CC:DD:EE:04\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 10\n";
+    let mut f = Fleet::new(config(text), Registry::default(), BluetoothState::Active);
+    f.start(Utc::now());
+    f.handle(
+        reading("AA:BB:CC:DD:EE:04", 12.6, 85.0, Source::Advertisement),
+        Utc::now(),
+    );
+    let due = f.next_expiry().unwrap();
+    assert!(due > Utc::now() + Duration::seconds(29));
+    assert!(f.expire(due - Duration::seconds(1)).is_empty());
+    let out = f.expire(due);
+    let Outbound::DeviceStatus(s) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((s.reachable, s.error.as_ref().unwrap().0), (false, 1003));
+    assert!(f.next_expiry().is_none());
+}
+
+#[test]
+fn stopping_sends_a_final_snapshot_then_shutdown() {
+    let mut f = Fleet::new(config(""), Registry::default(), BluetoothState::Simulated);
+    let out = f.handle(
+        FleetEvent::Notice(Notice::Stopping {
+            reason: "SIGTERM".into(),
+        }),
+        Utc::now(),
+    );
+    assert_eq!(kinds(&out), ["system", "shutdown"]);
+    let Outbound::System(s) = &out[0] else {
+        unreachable!()
+    };
+    assert!(!s.running);
+}
