@@ -3,6 +3,10 @@
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = battery_hawk::config::Config::from_toml(text, std::path::Path::new("fuzz.toml"), Vec::new());
+        let _ = battery_hawk::config::Config::from_toml(
+            text,
+            std::path::Path::new("fuzz.toml"),
+            Vec::new(),
+        );
     }
 });
