@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Gateway, Subscriber, TempDir, free_port};
+use common::{Gateway, Subscriber, TempDir, cpu_seconds, free_port};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -262,11 +262,37 @@ fn username_and_password_from_a_file_and_the_password_is_never_shown() {
         b.secure,
         "username = \"hawk\"\npassword = \"wrong-Pa55\"",
     );
-    let log = log_after(&mut wrong, Duration::from_secs(3));
+    // Refused: a clear log line, backoff, no busy loop ...
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_seconds(wrong.child.id());
+    std::thread::sleep(Duration::from_secs(4));
+    let used = cpu_seconds(wrong.child.id()) - before;
     assert!(
-        log.contains("unreachable") && !log.contains("connected to the MQTT broker"),
+        used < 0.5,
+        "{used:.2} s CPU in 4 s while refused: a busy loop?"
+    );
+    let log = wrong.log();
+    assert!(
+        log.contains("not authorized") || log.contains("NotAuthorized"),
         "{log}"
     );
+    assert!(!log.contains("connected to the MQTT broker"), "{log}");
+    // ... and it recovers by itself once the broker accepts that password.
+    run(
+        "mosquitto_passwd",
+        &["-b", "passwd", "hawk", "wrong-Pa55"],
+        pki.path(),
+    );
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(b.child.id().to_string())
+        .status();
+    sub.seen.clear();
+    sub.wait_for(Duration::from_secs(40), "a reading after the fix", |r| {
+        r.topic.ends_with("/reading")
+    });
+    let log = log_after(&mut wrong, Duration::from_millis(200));
+    assert!(log.contains("connected to the MQTT broker"), "{log}");
     assert!(!log.contains("wrong-Pa55"), "the password is in the log");
 
     let check = Command::new(common::binary())
