@@ -28,9 +28,4 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
 echo "== packaging (deb, install/purge, ARM under qemu)"
-if [ "$(id -u)" -eq 0 ]; then
-  packaging/check.sh
-else
-  echo "packaging checks need root (apt-get install of the .deb); run: sudo packaging/check.sh" >&2
-  exit 1
-fi
+packaging/check.sh

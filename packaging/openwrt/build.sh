@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 t=armv7-unknown-linux-gnueabihf
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 dpkg -s gcc-arm-linux-gnueabihf >/dev/null 2>&1 || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-arm-linux-gnueabihf qemu-user >/dev/null
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc-arm-linux-gnueabihf qemu-user >/dev/null
 }
 rustup target add "$t" >/dev/null
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$t" --target-dir target/static
