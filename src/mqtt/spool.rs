@@ -314,9 +314,9 @@ impl Spool {
     /// Delete the segments fully read back and acknowledged.
     fn collect(&mut self) {
         while let Some(s) = self.segments.front() {
-            let done = s.read >= s.records && s.outstanding == 0;
-            let writing = self.segments.len() == 1 && self.writer.is_some();
-            if !done || (writing && s.bytes < self.segment_bytes) {
+            // Also the segment being written: the next append starts a new one, so nothing already
+            // delivered is replayed again after a restart.
+            if s.read < s.records || s.outstanding > 0 {
                 break;
             }
             if let Some(s) = self.segments.pop_front() {
