@@ -6,17 +6,11 @@
 #     from a minimal Python paho-mqtt publisher, and from a bare rumqttc publisher (the single-connection
 #     ceiling), counted by their broker acknowledgements.
 # Prints median and range over RUNS runs, and the ratios. Usage: bench/compare.sh [runs=3] [monitors=500]
-set -euo pipefail
-cd "$(dirname "$0")/.."
 RUNS=${1:-3}; N=${2:-500}; COUNT=100000; WINDOW=6
+source "$(dirname "$0")/common.sh"
 cargo build --release --locked --quiet
 cargo build --release --locked --quiet --example bare_publisher
 python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet paho-mqtt
-BIN=target/release/battery-hawk
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n' "$port" > "$work/m.conf"
-/usr/sbin/mosquitto -c "$work/m.conf" 2>/dev/null & sleep 0.5
 
 "$BIN" decode --type bm6 71543b749f6f614dd6333f21546f681d | tr -d '\n' > "$work/reading.json"
 python3 - "$work/status.json" <<'PY'
@@ -28,12 +22,7 @@ json.dump({"device_id": "AA:00:00:00:00:01", "timestamp": "2026-01-01T00:00:00.0
           open(sys.argv[1], "w"), separators=(",", ":"))
 PY
 
-{
-  printf '[gateway]\nid = "bench"\nstate_dir = "%s/state"\n[logging]\ntarget = "stderr"\nlevel = "warn"\n' "$work"
-  printf '[mqtt]\nbroker = "127.0.0.1"\nport = %s\nstatus_interval = 3600\noutbox_capacity = 1000000\n' "$port"
-  printf '[homeassistant]\nenabled = false\n[bluetooth]\nbackend = "simulated"\n[simulation]\ninterval_ms = 10\n'
-  for i in $(seq 1 "$N"); do printf '[[device]]\nmac = "AA:00:00:00:%02X:%02X"\ntype = "BM6"\n' $((i / 256)) $((i % 256)); done
-} > "$work/config.toml"
+gateway_config "$N" 10 3600 $'[homeassistant]\nenabled = false\n' > "$work/config.toml"
 
 pipeline() {
   rm -rf "$work/state"

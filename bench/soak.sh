@@ -4,21 +4,9 @@
 # length from the last system status, to show memory stays flat and queues do not grow while the broker
 # is healthy. A measurement, not a test (not run by CI).
 # Usage: bench/soak.sh [minutes=3] [devices=1000]
-set -euo pipefail
-cd "$(dirname "$0")/.."
 MIN=${1:-3}; N=${2:-1000}
-BIN=target/release/battery-hawk
-[ -x "$BIN" ] || cargo build --release --locked
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$work/m.conf"
-/usr/sbin/mosquitto -c "$work/m.conf" 2>/dev/null & sleep 0.5
-{
-  printf '[gateway]\nid = "soak"\nstate_dir = "%s/state"\n[logging]\ntarget = "stderr"\nlevel = "warn"\n' "$work"
-  printf '[mqtt]\nbroker = "127.0.0.1"\nport = %s\nstatus_interval = 10\n' "$port"
-  printf '[bluetooth]\nbackend = "simulated"\n[simulation]\ninterval_ms = 1000\n'
-  for i in $(seq 1 "$N"); do printf '[[device]]\nmac = "AB:00:00:00:%02X:%02X"\ntype = "BM6"\n' $((i / 256)) $((i % 256)); done
-} > "$work/config.toml"
+source "$(dirname "$0")/common.sh"
+gateway_config "$N" 1000 10 > "$work/config.toml"
 mosquitto_sub -p "$port" -t 'battery_hawk/system/status' > "$work/status" &
 mosquitto_sub -p "$port" -t 'battery_hawk/device/+/reading' | wc -l > "$work/count" &
 "$BIN" run --config "$work/config.toml" 2> "$work/gw.err" &

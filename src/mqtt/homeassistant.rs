@@ -157,22 +157,28 @@ impl HomeAssistant {
         object_id(&["battery_hawk_gateway", &self.gateway_id])
     }
 
-    /// One sensor component.
-    fn sensor(
-        &self,
+    /// Add a component `key` reading `template` from `topic`, with `extra` fields (device class, unit, …).
+    fn add(
+        cmps: &mut Map<String, Value>,
         object: &str,
         key: &str,
         name: &str,
         topic: &str,
-        template: &str,
-    ) -> Map<String, Value> {
+        template: Option<&str>,
+        extra: Value,
+    ) {
         let mut c = Map::new();
         c.insert("p".into(), json!("sensor"));
         c.insert("name".into(), json!(name));
         c.insert("unique_id".into(), json!(format!("{object}_{key}")));
         c.insert("state_topic".into(), json!(topic));
-        c.insert("value_template".into(), json!(template));
-        c
+        if let Some(t) = template {
+            c.insert("value_template".into(), json!(t));
+        }
+        if let Value::Object(extra) = extra {
+            c.extend(extra);
+        }
+        cmps.insert(key.into(), Value::Object(c));
     }
 
     fn monitor_config(&self, mac: Mac, m: &Monitor) -> Message {
@@ -180,77 +186,70 @@ impl HomeAssistant {
         let reading = self.topics.reading(mac);
         let status = self.topics.status(mac);
         let expire = EXPIRE_INTERVALS * m.poll_interval;
-        let measured = |key: &str, name: &str, template: &str, class: &str, unit: &str| {
-            let mut c = self.sensor(&object, key, name, &reading, template);
-            c.insert("device_class".into(), json!(class));
-            c.insert("unit_of_measurement".into(), json!(unit));
-            c.insert("state_class".into(), json!("measurement"));
-            c.insert("expire_after".into(), json!(expire));
-            (key.to_string(), Value::Object(c))
+        let measured = |class: &str, unit: &str| {
+            json!({"device_class": class, "unit_of_measurement": unit, "state_class": "measurement",
+                   "expire_after": expire})
         };
-        let mut cmps: Map<String, Value> = Map::new();
-        let (k, v) = measured(
+        let mut cmps = Map::new();
+        let t = |template| Some(template);
+        Self::add(
+            &mut cmps,
+            &object,
             "voltage",
             "Voltage",
-            "{{ value_json.voltage }}",
-            "voltage",
-            "V",
+            &reading,
+            t("{{ value_json.voltage }}"),
+            measured("voltage", "V"),
         );
-        cmps.insert(k, v);
-        let (k, v) = measured(
+        Self::add(
+            &mut cmps,
+            &object,
             "soc",
             "State of charge",
-            "{{ value_json.state_of_charge }}",
-            "battery",
-            "%",
+            &reading,
+            t("{{ value_json.state_of_charge }}"),
+            measured("battery", "%"),
         );
-        cmps.insert(k, v);
         if m.model.is_none_or(|m| m.measures_temperature()) {
-            let (k, v) = measured(
+            Self::add(
+                &mut cmps,
+                &object,
                 "temperature",
                 "Temperature",
-                "{{ value_json.temperature }}",
-                "temperature",
-                "°C",
+                &reading,
+                t("{{ value_json.temperature }}"),
+                measured("temperature", "°C"),
             );
-            cmps.insert(k, v);
-            let mut state = self.sensor(
+            Self::add(
+                &mut cmps,
                 &object,
                 "state",
                 "State",
                 &reading,
-                "{{ value_json.extra.state }}",
+                t("{{ value_json.extra.state }}"),
+                json!({"device_class": "enum", "options": ["normal", "low_voltage", "charging"],
+                       "expire_after": expire}),
             );
-            state.insert("device_class".into(), json!("enum"));
-            state.insert(
-                "options".into(),
-                json!(["normal", "low_voltage", "charging"]),
-            );
-            state.insert("expire_after".into(), json!(expire));
-            cmps.insert("state".into(), Value::Object(state));
         }
-        let mut rssi = self.sensor(
+        Self::add(
+            &mut cmps,
             &object,
             "rssi",
             "Signal strength",
             &status,
-            "{{ value_json.extra.signal_strength }}",
+            t("{{ value_json.extra.signal_strength }}"),
+            json!({"device_class": "signal_strength", "unit_of_measurement": "dBm",
+                   "state_class": "measurement", "entity_category": "diagnostic"}),
         );
-        rssi.insert("device_class".into(), json!("signal_strength"));
-        rssi.insert("unit_of_measurement".into(), json!("dBm"));
-        rssi.insert("state_class".into(), json!("measurement"));
-        rssi.insert("entity_category".into(), json!("diagnostic"));
-        cmps.insert("rssi".into(), Value::Object(rssi));
-        let mut last = self.sensor(
+        Self::add(
+            &mut cmps,
             &object,
             "last_reading",
             "Last reading",
             &status,
-            "{{ value_json.last_reading_at }}",
+            t("{{ value_json.last_reading_at }}"),
+            json!({"device_class": "timestamp", "entity_category": "diagnostic"}),
         );
-        last.insert("device_class".into(), json!("timestamp"));
-        last.insert("entity_category".into(), json!("diagnostic"));
-        cmps.insert("last_reading".into(), Value::Object(last));
         let body = json!({
             "dev": {
                 "ids": [object],
@@ -276,49 +275,44 @@ impl HomeAssistant {
     fn vehicle_config(&self, id: &str, name: &str) -> Message {
         let object = object_id(&["battery_hawk_vehicle", id]);
         let topic = self.topics.summary(id);
+        let measurement = json!({"state_class": "measurement"});
         let mut cmps = Map::new();
-        let mut health = self.sensor(
+        Self::add(
+            &mut cmps,
             &object,
             "health",
             "Health",
             &topic,
-            "{{ value_json.overall_health }}",
+            Some("{{ value_json.overall_health }}"),
+            json!({"device_class": "enum", "options": ["excellent", "good", "fair", "poor", "unknown"]}),
         );
-        health.insert("device_class".into(), json!("enum"));
-        health.insert(
-            "options".into(),
-            json!(["excellent", "good", "fair", "poor", "unknown"]),
-        );
-        cmps.insert("health".into(), Value::Object(health));
-        let mut score = self.sensor(
+        Self::add(
+            &mut cmps,
             &object,
             "health_score",
             "Health score",
             &topic,
-            "{{ value_json.health_score }}",
+            Some("{{ value_json.health_score }}"),
+            measurement.clone(),
         );
-        score.insert("state_class".into(), json!("measurement"));
-        cmps.insert("health_score".into(), Value::Object(score));
-        let mut volts = self.sensor(
+        Self::add(
+            &mut cmps,
             &object,
             "average_voltage",
             "Average voltage",
             &topic,
-            "{{ value_json.average_voltage }}",
+            Some("{{ value_json.average_voltage }}"),
+            json!({"device_class": "voltage", "unit_of_measurement": "V", "state_class": "measurement"}),
         );
-        volts.insert("device_class".into(), json!("voltage"));
-        volts.insert("unit_of_measurement".into(), json!("V"));
-        volts.insert("state_class".into(), json!("measurement"));
-        cmps.insert("average_voltage".into(), Value::Object(volts));
-        let mut connected = self.sensor(
+        Self::add(
+            &mut cmps,
             &object,
             "connected_devices",
             "Connected devices",
             &topic,
-            "{{ value_json.connected_devices }}",
+            Some("{{ value_json.connected_devices }}"),
+            measurement,
         );
-        connected.insert("state_class".into(), json!("measurement"));
-        cmps.insert("connected_devices".into(), Value::Object(connected));
         let body = json!({
             "dev": {"ids": [object], "name": name, "mdl": "Vehicle", "via_device": self.gateway_object()},
             "o": Self::origin(),
@@ -332,56 +326,50 @@ impl HomeAssistant {
     fn gateway_config(&self) -> Message {
         let object = self.gateway_object();
         let status = self.topics.system_status();
+        let diagnostic = |state_class: &str| json!({"state_class": state_class, "entity_category": "diagnostic"});
         let mut cmps = Map::new();
-        let mut link = Map::new();
-        link.insert("p".into(), json!("binary_sensor"));
-        link.insert("name".into(), json!("Connectivity"));
-        link.insert("unique_id".into(), json!(format!("{object}_connectivity")));
-        link.insert("state_topic".into(), json!(self.topics.availability()));
-        link.insert("payload_on".into(), json!("online"));
-        link.insert("payload_off".into(), json!("offline"));
-        link.insert("device_class".into(), json!("connectivity"));
-        link.insert("entity_category".into(), json!("diagnostic"));
-        cmps.insert("connectivity".into(), Value::Object(link));
-        let counters = [
-            (
-                "uptime",
-                "Uptime",
-                "{{ value_json.core.uptime_seconds }}",
-                Some(("duration", "s")),
-                "measurement",
-            ),
-            (
-                "readings",
-                "Readings",
-                "{{ value_json.counters.readings }}",
-                None,
-                "total_increasing",
-            ),
+        Self::add(
+            &mut cmps,
+            &object,
+            "connectivity",
+            "Connectivity",
+            &self.topics.availability(),
+            None,
+            json!({"p": "binary_sensor", "payload_on": "online", "payload_off": "offline",
+                   "device_class": "connectivity", "entity_category": "diagnostic"}),
+        );
+        Self::add(
+            &mut cmps,
+            &object,
+            "uptime",
+            "Uptime",
+            &status,
+            Some("{{ value_json.core.uptime_seconds }}"),
+            json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement",
+                   "entity_category": "diagnostic"}),
+        );
+        for (key, name, template) in [
+            ("readings", "Readings", "{{ value_json.counters.readings }}"),
             (
                 "decode_errors",
                 "Decode errors",
                 "{{ value_json.counters.decode_errors }}",
-                None,
-                "total_increasing",
             ),
             (
                 "connection_failures",
                 "Connection failures",
                 "{{ value_json.counters.connection_failures }}",
-                None,
-                "total_increasing",
             ),
-        ];
-        for (key, name, template, class, state_class) in counters {
-            let mut c = self.sensor(&object, key, name, &status, template);
-            if let Some((class, unit)) = class {
-                c.insert("device_class".into(), json!(class));
-                c.insert("unit_of_measurement".into(), json!(unit));
-            }
-            c.insert("state_class".into(), json!(state_class));
-            c.insert("entity_category".into(), json!("diagnostic"));
-            cmps.insert(key.into(), Value::Object(c));
+        ] {
+            Self::add(
+                &mut cmps,
+                &object,
+                key,
+                name,
+                &status,
+                Some(template),
+                diagnostic("total_increasing"),
+            );
         }
         let body = json!({
             "dev": {
