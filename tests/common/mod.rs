@@ -158,8 +158,19 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
+            eprintln!("--- end of mosquitto's log ---\n{}", tail(&log, 30));
+        }
         self.kill();
     }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// One message as a subscriber received it.
@@ -200,11 +211,21 @@ impl Subscriber {
 
     /// A subscriber with a persistent session (`clean_session = false`) under `id`: with a persistent
     /// broker it gets what was published while it was away, across broker restarts.
+    ///
+    /// It subscribes at QoS 1, so QoS 2 messages reach it as QoS 1: rumqttc forgets the QoS 2 publishes
+    /// it received when the connection drops, so the PUBREL a resumed session re-sends for one of them
+    /// is "unsolicited" and drops the connection again, for ever (seen in CI as a subscriber that went
+    /// silent after a broker restart).
     pub fn persistent(port: u16, filter: &str, id: &str) -> Subscriber {
         Subscriber::connect_as(port, filter, id, false)
     }
 
     fn connect_as(port: u16, filter: &str, id: &str, clean: bool) -> Subscriber {
+        let max_qos = if clean {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_clean_session(clean);
         o.set_keep_alive(Duration::from_secs(30));
@@ -213,11 +234,13 @@ impl Subscriber {
         let (tx, rx) = unbounded();
         let (ready_tx, ready_rx) = unbounded();
         let filter = filter.to_string();
+        let id = id.to_string();
         std::thread::spawn(move || {
+            let mut last_error = String::new();
             for event in connection.iter() {
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        client.subscribe(filter.clone(), QoS::ExactlyOnce).unwrap();
+                        client.subscribe(filter.clone(), max_qos).unwrap();
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = ready_tx.send(());
@@ -235,7 +258,14 @@ impl Subscriber {
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(e) => {
+                        let e = e.to_string();
+                        if e != last_error {
+                            eprintln!("test subscriber {id}: {e}");
+                            last_error = e;
+                        }
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
                 }
             }
         });
@@ -402,6 +432,12 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- end of the gateway's log ---\n{}",
+                tail(&self.log(), 60)
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
