@@ -37,6 +37,8 @@ const REQUEST_CHANNEL: usize = 10;
 const INFLIGHT: u16 = 100;
 /// Messages the outbox hands to rumqttc before waiting for them to be written.
 const WINDOW: usize = INFLIGHT as usize + REQUEST_CHANNEL;
+/// Messages taken from the pipeline per wake-up of the outbox thread.
+const INPUT_BATCH: usize = 256;
 /// Home Assistant drops discovery configs sent the instant it comes online; wait this long first.
 const HA_GRACE: Duration = Duration::from_secs(2);
 /// CA bundle used with `tls = true` and no `ca_file` (Debian's ca-certificates).
@@ -333,17 +335,26 @@ impl OutboxStage {
             let wait = wake.map(|d| d.saturating_duration_since(Instant::now()));
             select! {
                 recv(input) -> out => {
-                    let out = out.unwrap_or_else(|_| Outbound::Shutdown { reason: "pipeline stopped".into() });
-                    if let Outbound::Shutdown { reason } = &out {
-                        log::info!("shutting down ({reason}): flushing to the broker");
-                        final_steps = vec![
-                            self.renderer.availability(false),
-                            self.renderer.shutdown(reason, chrono::Utc::now()),
-                        ];
-                        deadline = Some(Instant::now() + self.timeout);
-                        input = never();
-                    } else {
+                    // Take what else is waiting too (up to a batch), so a busy pipeline costs one
+                    // wake-up and one pump per batch rather than per message.
+                    let mut next = Some(out.unwrap_or_else(|_| Outbound::Shutdown { reason: "pipeline stopped".into() }));
+                    let mut taken = 0;
+                    while let Some(out) = next.take() {
+                        if let Outbound::Shutdown { reason } = &out {
+                            log::info!("shutting down ({reason}): flushing to the broker");
+                            final_steps = vec![
+                                self.renderer.availability(false),
+                                self.renderer.shutdown(reason, chrono::Utc::now()),
+                            ];
+                            deadline = Some(Instant::now() + self.timeout);
+                            input = never();
+                            break;
+                        }
                         self.accept(&out);
+                        taken += 1;
+                        if taken < INPUT_BATCH {
+                            next = input.try_recv().ok();
+                        }
                     }
                 }
                 recv(net) -> event => match event {
@@ -430,7 +441,7 @@ impl OutboxStage {
         if let Outbound::System(s) = out {
             self.snapshot = Some(s.clone());
         }
-        let msg = self.renderer.render(out, &self.local_status());
+        let msg = self.renderer.render(out, || self.local_status());
         self.push(msg);
         let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
         discovery.into_iter().for_each(|m| self.push(m));

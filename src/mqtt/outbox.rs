@@ -9,6 +9,7 @@
 use super::payload::{Kind, Message};
 use super::spool::Spool;
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 struct Entry {
@@ -38,6 +39,31 @@ pub struct Outbox {
     /// Where readings go while the broker is away, the memory is full, or older readings are spooled.
     spool: Option<Spool>,
     connected: bool,
+    /// Warnings that could come once per reading under overload, logged at most once a minute.
+    drops: Throttle,
+    spool_errors: Throttle,
+}
+
+/// Counts events and says when to log them: the first at once, then at most once per [`Throttle::EVERY`]
+/// with how many happened since (a flood of per-reading warnings would cost more than the readings).
+#[derive(Debug, Default)]
+struct Throttle {
+    pending: u64,
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Count one event; `Some(count since the last log line)` when a line is due.
+    fn note(&mut self) -> Option<u64> {
+        self.pending += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.pending))
+    }
 }
 
 /// Readings read back from the spool at a time.
@@ -58,6 +84,8 @@ impl Outbox {
             dropped: 0,
             spool: None,
             connected: false,
+            drops: Throttle::default(),
+            spool_errors: Throttle::default(),
         }
     }
 
@@ -85,7 +113,9 @@ impl Outbox {
         match spool.append(&msg) {
             Ok(()) => None,
             Err(e) => {
-                log::error!("spool: cannot write ({e}); keeping the reading in memory");
+                if let Some(n) = self.spool_errors.note() {
+                    log::error!("spool: cannot write ({e}); kept {n} reading(s) in memory instead");
+                }
                 Some(msg)
             }
         }
@@ -105,7 +135,12 @@ impl Outbox {
         self.next_seq += 1;
         if self.len() >= self.capacity && !self.drop_oldest_reading() && msg.kind == Kind::Reading {
             self.dropped += 1;
-            log::warn!("outbox full: dropped reading for {}", msg.topic);
+            if let Some(n) = self.drops.note() {
+                log::warn!(
+                    "outbox full: dropped {n} reading(s), the latest for {}",
+                    msg.topic
+                );
+            }
             return;
         }
         self.accept(seq, msg, false);
@@ -145,8 +180,13 @@ impl Outbox {
     fn drop_oldest_reading(&mut self) -> bool {
         match self.queue.iter().position(|e| e.msg.kind == Kind::Reading) {
             Some(i) => {
-                if let Some(e) = self.queue.remove(i) {
-                    log::warn!("outbox full: dropped oldest reading for {}", e.msg.topic);
+                if let Some(e) = self.queue.remove(i)
+                    && let Some(n) = self.drops.note()
+                {
+                    log::warn!(
+                        "outbox full: dropped the {n} oldest reading(s), the latest for {}",
+                        e.msg.topic
+                    );
                 }
                 self.dropped += 1;
                 true
@@ -338,6 +378,15 @@ mod tests {
             pkid += 1;
         }
         sent
+    }
+
+    #[test]
+    fn per_reading_warnings_are_throttled() {
+        let mut t = Throttle::default();
+        assert_eq!(t.note(), Some(1), "the first is logged at once");
+        assert!((0..1000).all(|_| t.note().is_none()));
+        t.last = Some(Instant::now() - Throttle::EVERY);
+        assert_eq!(t.note(), Some(1001), "then with the count since");
     }
 
     #[test]
