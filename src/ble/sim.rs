@@ -162,6 +162,23 @@ fn monitors(config: &Config, keep: &mut BTreeMap<Mac, Monitor>) -> BTreeMap<Mac,
         .collect()
 }
 
+/// Shortest time slot the monitors are spread over.
+const MIN_SLOT_MS: u64 = 10;
+
+/// The tick and the number of slots that spread `monitors` evenly over `interval_ms`, as real monitors,
+/// polled one after the other, are (all at once would be a burst no real fleet makes): monitor `i` is
+/// produced in slot `i % slots`, slots are at least [`MIN_SLOT_MS`] long.
+fn schedule(interval_ms: u64, monitors: usize) -> (tokio::time::Interval, usize) {
+    let slots = slots(interval_ms, monitors);
+    let mut tick = tokio::time::interval(Duration::from_micros(interval_ms * 1000 / slots));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    (tick, slots as usize)
+}
+
+fn slots(interval_ms: u64, monitors: usize) -> u64 {
+    (interval_ms / MIN_SLOT_MS).clamp(1, monitors.max(1) as u64)
+}
+
 /// Play the configured monitors until told to stop.
 pub(super) async fn run(
     config: Arc<Config>,
@@ -176,19 +193,20 @@ pub(super) async fn run(
             return;
         }
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(config.simulation.interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut tick, mut slots) = schedule(config.simulation.interval_ms, fleet.len());
+    let mut slot = 0;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Reconfigure(new)) => {
-                    if new.simulation.interval_ms != config.simulation.interval_ms {
-                        tick = tokio::time::interval(Duration::from_millis(new.simulation.interval_ms));
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    }
+                    let before = (config.simulation.interval_ms, fleet.len());
                     config = new;
                     let mut old = std::mem::take(&mut fleet);
                     fleet = monitors(&config, &mut old);
+                    if (config.simulation.interval_ms, fleet.len()) != before {
+                        (tick, slots) = schedule(config.simulation.interval_ms, fleet.len());
+                        slot = 0;
+                    }
                     if !send(BleEvent::Notice(Notice::Reconfigure(Arc::clone(&config)))) {
                         return;
                     }
@@ -203,11 +221,12 @@ pub(super) async fn run(
                 None => return,
             },
             _ = tick.tick() => {
-                for (mac, m) in fleet.iter_mut() {
+                for (mac, m) in fleet.iter_mut().skip(slot).step_by(slots) {
                     if !send(produce(*mac, m, config.simulation.failure_rate)) {
                         return;
                     }
                 }
+                slot = (slot + 1) % slots;
             }
         }
     }
@@ -245,6 +264,19 @@ mod tests {
     use super::*;
     use crate::decode::decode;
     use crate::messages::FleetEvent;
+
+    #[test]
+    fn monitors_are_spread_over_the_interval() {
+        assert_eq!(
+            slots(1000, 200),
+            100,
+            "200 monitors per second: 2 every 10 ms"
+        );
+        assert_eq!(slots(1000, 3), 3);
+        assert_eq!(slots(300_000, 10), 10);
+        assert_eq!(slots(10, 1000), 1, "no slot shorter than 10 ms");
+        assert_eq!(slots(5, 0), 1);
+    }
 
     fn device(mac: &str, model: &str, mode: Mode) -> DeviceConf {
         DeviceConf {
