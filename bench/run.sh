@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# All the benchmarks of BENCHMARKS.md, one after the other (about 6 minutes plus builds):
+# micro-benchmarks, throughput side by side, latency, footprint and idle CPU, stripped binary sizes.
+# Usage: bench/run.sh   (needs mosquitto and mosquitto-clients: scripts/test.sh installs them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
+  "$(/usr/sbin/mosquitto -h 2>/dev/null | head -n 1 || true)"
+echo "== micro-benchmarks (cargo bench --bench micro)"
+cargo bench --locked --quiet --bench micro 2>/dev/null
+echo "== throughput (bench/compare.sh 3)"
+bench/compare.sh 3 | tail -n 5
+echo "== latency (bench/latency.sh 200 30)"
+bench/latency.sh 200 30
+echo "== footprint (bench/footprint.sh 20 60)"
+bench/footprint.sh 20 60
+echo "== stripped binaries"
+arm=target/armv7-unknown-linux-gnueabihf/release/battery-hawk
+[ -x "$arm" ] || packaging/build-arm.sh >/dev/null
+for bin in target/release/battery-hawk "$arm" target/aarch64-unknown-linux-gnu/release/battery-hawk \
+           target/openwrt/battery-hawk-armv7-musl; do
+  [ -e "$bin" ] || continue
+  stat -c '%s %n' "$bin" | awk '{printf "%-60s %9d bytes (%.2f MiB)\n", $2, $1, $1 / 1048576}'
+done
