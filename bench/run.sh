@@ -15,10 +15,14 @@ bench/latency.sh 200 30
 echo "== footprint (bench/footprint.sh 20 60)"
 bench/footprint.sh 20 60
 echo "== stripped binaries"
-arm=target/armv7-unknown-linux-gnueabihf/release/battery-hawk
-[ -x "$arm" ] || packaging/build-arm.sh >/dev/null
-for bin in target/release/battery-hawk "$arm" target/aarch64-unknown-linux-gnu/release/battery-hawk \
-           target/openwrt/battery-hawk-armv7-musl; do
+if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null; then
+  cargo build --release --locked --quiet --target armv7-unknown-linux-gnueabihf --target aarch64-unknown-linux-gnu
+else
+  packaging/build-arm.sh >/dev/null   # installs the cross compilers first
+fi
+# The OpenWrt musl binary is listed as packaging/openwrt/build.sh last built it (it takes ~4 min).
+for bin in target/release/battery-hawk target/armv7-unknown-linux-gnueabihf/release/battery-hawk \
+           target/aarch64-unknown-linux-gnu/release/battery-hawk target/openwrt/battery-hawk-armv7-musl; do
   [ -e "$bin" ] || continue
   stat -c '%s %n' "$bin" | awk '{printf "%-60s %9d bytes (%.2f MiB)\n", $2, $1, $1 / 1048576}'
 done
