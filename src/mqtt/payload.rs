@@ -66,27 +66,20 @@ fn time_or_null(t: Option<DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| Value::String(timestamp(t)))
 }
 
-/// A float rounded to 2 decimals; `null` for none, NaN or infinity.
+/// A float rounded to 2 decimals; `None` for none, NaN or infinity (published as `null`).
+fn rounded(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite()).map(round2)
+}
+
+/// [`rounded`] as a JSON value.
 fn num(v: Option<f64>) -> Value {
-    v.filter(|v| v.is_finite())
-        .and_then(|v| serde_json::Number::from_f64(round2(v)))
+    rounded(v)
+        .and_then(serde_json::Number::from_f64)
         .map_or(Value::Null, Value::Number)
 }
 
 fn model_or_null(m: Option<Model>) -> Value {
     m.map_or(Value::Null, |m| Value::String(m.name().to_string()))
-}
-
-/// A float rounded to 2 decimals; `null` for none, NaN or infinity (as [`num`], without a `Value`).
-struct Num(Option<f64>);
-
-impl Serialize for Num {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.filter(|v| v.is_finite()) {
-            Some(v) => s.serialize_f64(round2(v)),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 /// SPEC §2.1, in the spec's key order. The two payloads sent for every reading are typed structs rather
@@ -95,11 +88,11 @@ impl Serialize for Num {
 struct ReadingBody<'a> {
     device_id: String,
     timestamp: String,
-    voltage: Num,
+    voltage: Option<f64>,
     current: (),
-    temperature: Num,
-    state_of_charge: Num,
-    capacity: Num,
+    temperature: Option<f64>,
+    state_of_charge: Option<f64>,
+    capacity: Option<f64>,
     cycles: (),
     power: (),
     vehicle_id: Option<&'a str>,
@@ -194,11 +187,11 @@ impl Renderer {
         let body = ReadingBody {
             device_id: d.mac.to_string(),
             timestamp: timestamp(d.received_at),
-            voltage: Num(Some(m.voltage)),
+            voltage: rounded(Some(m.voltage)),
             current: (),
-            temperature: Num(m.temperature),
-            state_of_charge: Num(m.state_of_charge),
-            capacity: Num(r.capacity_ah),
+            temperature: rounded(m.temperature),
+            state_of_charge: rounded(m.state_of_charge),
+            capacity: rounded(r.capacity_ah),
             cycles: (),
             power: (),
             vehicle_id: r.vehicle_id.as_deref(),
