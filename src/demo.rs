@@ -14,6 +14,10 @@ pub fn config(port: u16, state_dir: std::path::PathBuf) -> Config {
     c.mqtt.status_interval = 10;
     c.mqtt.timeout = 5;
     c.bluetooth.backend = Backend::Simulated;
+    // Two links at once and short timeouts, so a simulated failure (5 %) costs the demo seconds, not half
+    // a minute.
+    c.bluetooth.max_concurrent_connections = 2;
+    c.bluetooth.connection_timeout = 3;
     c.defaults.poll_interval = 1;
     c.simulation.failure_rate = 0.05;
     c.vehicles = vec![

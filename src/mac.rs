@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A 48-bit Bluetooth address, most significant byte first (as printed).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mac(pub [u8; 6]);
 
 /// Why a string is not a MAC address.

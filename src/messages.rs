@@ -43,6 +43,11 @@ pub enum Notice {
     },
     /// A monitor was seen advertising or found by a scan.
     Seen(Sighting),
+    /// The BLE stage adopted a newly found confirmed monitor (`discovery.auto_configure`; SPEC §4). The BLE
+    /// scheduler is the only place that decides auto-configuration; the fleet records it.
+    Adopted { mac: Mac, model: Model, mode: Mode },
+    /// An auto-configured monitor was not heard for `discovery.forget_after`: forget it and clear its state.
+    Forgotten { mac: Mac },
     /// The Bluetooth side changed state.
     Bluetooth(BluetoothState),
     /// A new configuration (SIGHUP), passed down the pipeline so each stage applies it in order.
@@ -78,6 +83,8 @@ pub struct Sighting {
     pub mac: Mac,
     pub name: Option<String>,
     pub model: Option<Model>,
+    /// Whether the model is confirmed (SPEC §5.3); a name-only match is not.
+    pub confirmed: bool,
     pub rssi: Option<i16>,
     pub service_uuids: Vec<String>,
     /// Manufacturer data as BlueZ reports it: company id → bytes.
@@ -110,6 +117,8 @@ pub enum LinkError {
     Failed(String),
     NotFound,
     NoData,
+    /// A `passive` device that broadcasts no reading (neither encrypted frame nor iBeacon).
+    NoBroadcast,
     BadData(String),
     AdapterUnavailable,
     Busy,
@@ -121,7 +130,7 @@ impl LinkError {
             LinkError::Timeout => 1001,
             LinkError::Failed(_) => 1002,
             LinkError::NotFound => 1003,
-            LinkError::NoData => 1004,
+            LinkError::NoData | LinkError::NoBroadcast => 1004,
             LinkError::BadData(_) => 1005,
             LinkError::AdapterUnavailable => 1006,
             LinkError::Busy => 1007,
@@ -134,6 +143,9 @@ impl LinkError {
             LinkError::Failed(why) => format!("Connection failed: {why}"),
             LinkError::NotFound => "Device not found".into(),
             LinkError::NoData => "No data received".into(),
+            LinkError::NoBroadcast => {
+                "No data: the monitor broadcasts no reading (read it with mode = \"poll\")".into()
+            }
             LinkError::BadData(why) => format!("Bad data: {why}"),
             LinkError::AdapterUnavailable => "Bluetooth adapter unavailable".into(),
             LinkError::Busy => "Device busy".into(),

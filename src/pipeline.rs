@@ -67,6 +67,7 @@ impl Pipeline {
             .filter(|(_, d)| d.auto)
             .map(|(mac, d)| (*mac, d.device_type.as_deref().and_then(Model::by_name)))
             .collect();
+        let known = registry.devices.keys().copied().collect();
         let (ble_tx, ble_rx) = bounded(CHANNEL);
         let (fleet_tx, fleet_rx) = bounded(CHANNEL);
         let (out_tx, out_rx) = bounded(CHANNEL);
@@ -75,7 +76,8 @@ impl Pipeline {
         let fleet = fleet::spawn(Arc::clone(&config), registry, bluetooth, fleet_rx, out_tx)
             .map_err(PipelineError::Spawn)?;
         let decode = decode::spawn(ble_rx, fleet_tx).map_err(PipelineError::Spawn)?;
-        let ble = BleStage::spawn(Arc::clone(&config), auto, ble_tx).map_err(PipelineError::Ble)?;
+        let ble = BleStage::spawn(Arc::clone(&config), auto, known, ble_tx)
+            .map_err(PipelineError::Ble)?;
         Ok(Pipeline {
             ble,
             decode,

@@ -305,7 +305,7 @@ fn stream_mode_stays_connected_and_publishes_at_most_one_reading_per_interval() 
     let state = TempDir::new("state");
     let config = format!(
         "[gateway]\nstate_dir = \"{}\"\n[logging]\ntarget = \"stderr\"\nlevel = \"debug\"\n\
-         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n[bluetooth]\nconnection_timeout = 2\n\
+         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n[bluetooth]\nconnection_timeout = 2\nmax_concurrent_connections = 2\n\
          [discovery]\ninitial_scan = false\n[defaults]\nmode = \"stream\"\npoll_interval = 1\n\
          [[device]]\nmac = \"{BM2_MAC}\"\ntype = \"BM2\"\n[[device]]\nmac = \"{BM6_MAC}\"\ntype = \"BM6\"\n",
         state.path().display(),

@@ -35,7 +35,7 @@ proptest! {
                 prop_assert!(plausible(&d), "{} {:?}", m.name(), d);
             }
         }
-        let _ = devices::classify(Mac(mac), None, &[(u16::from(mac[0]), data.clone())]);
+        let _ = devices::classify(Mac(mac), None, &[], &[(u16::from(mac[0]), data.clone())]);
     }
 
     #[test]

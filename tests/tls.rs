@@ -147,7 +147,7 @@ fn gateway(dir: &Path, port: u16, mqtt: &str) -> Gateway {
     let config = format!(
         "[gateway]\nid = \"tls-gw\"\nstate_dir = \"{}\"\n[logging]\ntarget = \"stderr\"\nlevel = \"debug\"\n\
          [mqtt]\nbroker = \"localhost\"\nport = {port}\ntimeout = 3\n{mqtt}\n\
-         [bluetooth]\nbackend = \"simulated\"\n[simulation]\ninterval_ms = 200\n\
+         [bluetooth]\nbackend = \"simulated\"\n[defaults]\npoll_interval = 1\n[simulation]\ninterval_ms = 200\n\
          [[device]]\nmac = \"AA:BB:CC:00:00:21\"\ntype = \"BM6\"\n",
         state.display()
     );

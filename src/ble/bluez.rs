@@ -1,81 +1,162 @@
-//! The BlueZ backend (`bluetooth.backend = "bluez"`), through bluer on the BLE thread's runtime.
+//! The BlueZ radio (`bluetooth.backend = "bluez"`), through bluer on the BLE thread's runtime: I/O only.
 //!
-//! One loop owns the adapter: it (re)acquires BlueZ, scans (initially, periodically, and continuously while
-//! any device is `passive`), schedules polls (at most `max_concurrent_connections` at once), keeps `stream`
-//! devices connected, and turns every failure into a SPEC §2.2 code. When the adapter disappears, is powered
-//! off or bluetoothd goes away, every device reports 1006 and the loop waits (with backoff, no spinning)
-//! until BlueZ is back.
+//! Owns: acquiring the adapter (and again, with backoff, after it or bluetoothd went away: a liveness probe
+//! notices a bluetoothd killed without a word), the discovery session (LE, every advertisement), following
+//! the devices the scheduler reads (their property changes carry the newest manufacturer data), the poll
+//! and stream link tasks (a panicked task frees its slot), and closing every link at stop. Must never:
+//! decide when or what to poll, retry, or throttle — the scheduler does.
 
-use super::link::{StreamLink, address, link_error, poll, sighting};
-use super::{Command, Target};
+use super::link::{StreamLink, address, details, link_error, poll_once};
+use super::radio::{Radio, RadioEvent};
+use super::scheduler::{Action, Heard, PollOutcome};
 use crate::backoff::Backoff;
-use crate::config::{Config, Mode};
-use crate::devices::{self, Model, Source};
+use crate::config::Config;
 use crate::mac::Mac;
-use crate::messages::{BleEvent, BluetoothState, LinkError, Notice, RawFrame, Sighting};
-use bluer::{Adapter, AdapterEvent, AdapterProperty, DiscoveryFilter, DiscoveryTransport, Session};
-use chrono::Utc;
-use crossbeam_channel::Sender;
+use crate::messages::{BluetoothState, LinkError, RawFrame, Sighting};
+use bluer::{
+    Adapter, AdapterEvent, AdapterProperty, DeviceEvent, DeviceProperty, DiscoveryFilter,
+    DiscoveryTransport, Session,
+};
+use futures::stream::SelectAll;
 use futures::{Stream, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::Receiver;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio::time::{Instant, sleep_until};
 
 /// Bounds of the wait before trying to re-acquire a lost adapter.
 const REACQUIRE_FIRST: Duration = Duration::from_secs(1);
 const REACQUIRE_CAP: Duration = Duration::from_secs(30);
+/// How often the adapter is asked whether it is still there (bluetoothd killed with SIGKILL says nothing).
+const PROBE: Duration = Duration::from_secs(10);
+/// How long closing one link may take at stop or on a close.
+const DISCONNECT_LIMIT: Duration = Duration::from_secs(5);
+/// Stream notifications buffered between the link tasks and the event loop.
+const STREAM_BUFFER: usize = 64;
 
-type Events = Pin<Box<dyn Stream<Item = AdapterEvent> + Send>>;
+type Events<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
-/// Why the adapter loop ended.
-enum Exit {
-    Stop,
-    AdapterLost(String),
+pub struct Bluez {
+    config: Arc<Config>,
+    adapter: Option<Adapter>,
+    /// Keeps the D-Bus connection of `adapter` alive.
+    _session: Option<Session>,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    adapter_events: Option<Events<AdapterEvent>>,
+    discovery: Option<Events<AdapterEvent>>,
+    watches: SelectAll<Events<(Mac, DeviceEvent)>>,
+    watched: HashSet<Mac>,
+    polls: JoinSet<(Mac, PollOutcome)>,
+    poll_tasks: HashMap<Id, Mac>,
+    streams: JoinSet<(Mac, LinkError)>,
+    stream_tasks: HashMap<Id, Mac>,
+    stream_aborts: HashMap<Mac, AbortHandle>,
+    frames_tx: tokio::sync::mpsc::Sender<RawFrame>,
+    frames_rx: tokio::sync::mpsc::Receiver<RawFrame>,
+    probe: tokio::time::Interval,
+    /// Events produced while carrying out an action, reported by the next `next`.
+    pending: Vec<RadioEvent>,
 }
 
-/// The BLE thread's loop for the BlueZ backend.
-pub(super) async fn run(
-    config: Arc<Config>,
-    targets: BTreeMap<Mac, Target>,
-    tx: Sender<BleEvent>,
-    mut commands: Receiver<Command>,
-) {
-    let mut ctx = Ctx {
-        config,
-        targets,
-        tx,
-        state: None,
-    };
-    let mut backoff = Backoff::new(REACQUIRE_FIRST, REACQUIRE_CAP);
-    loop {
-        let why = match acquire(&ctx.config.bluetooth.adapter).await {
-            Ok(adapter) => {
-                backoff.reset();
-                match ctx.with_adapter(&adapter, &mut commands).await {
-                    Exit::Stop => return,
-                    Exit::AdapterLost(why) => why,
-                }
-            }
-            Err(why) => why,
+impl Bluez {
+    pub fn new(config: Arc<Config>) -> Bluez {
+        let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let mut probe = tokio::time::interval(PROBE);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Bluez {
+            config,
+            adapter: None,
+            _session: None,
+            backoff: Backoff::new(REACQUIRE_FIRST, REACQUIRE_CAP),
+            retry_at: None,
+            adapter_events: None,
+            discovery: None,
+            watches: SelectAll::new(),
+            watched: HashSet::new(),
+            polls: JoinSet::new(),
+            poll_tasks: HashMap::new(),
+            streams: JoinSet::new(),
+            stream_tasks: HashMap::new(),
+            stream_aborts: HashMap::new(),
+            frames_tx,
+            frames_rx,
+            probe,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Give up the adapter: every link and the scan are gone with it; try again after a backoff.
+    fn lose(&mut self, why: String) -> RadioEvent {
+        self.adapter = None;
+        self._session = None;
+        self.adapter_events = None;
+        self.discovery = None;
+        self.watches = SelectAll::new();
+        self.watched.clear();
+        self.polls.abort_all();
+        self.streams.abort_all();
+        self.stream_aborts.clear();
+        self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+        RadioEvent::Lost(why)
+    }
+
+    async fn acquire(&mut self) -> RadioEvent {
+        if let Some(at) = self.retry_at {
+            sleep_until(at).await;
+        }
+        let name = self.config.bluetooth.adapter.clone();
+        let (session, adapter) = match acquire(&name).await {
+            Ok(a) => a,
+            Err(why) => return self.lose(why),
         };
-        ctx.unavailable(&why);
-        let pause = backoff.next_delay();
-        let wake = Instant::now() + pause;
-        loop {
-            tokio::select! {
-                command = commands.recv() => if !ctx.command(command) { return },
-                () = sleep_until(wake) => break,
+        let events = match adapter.events().await {
+            Ok(s) => s,
+            Err(e) => return self.lose(format!("adapter {name}: {e}")),
+        };
+        // Our own links left by a process that died mid-poll would make every poll "busy": close them.
+        for d in &self.config.devices {
+            if let Ok(device) = adapter.device(address(d.mac))
+                && device.is_connected().await.unwrap_or(false)
+            {
+                log::info!("{}: closing a link left from before", d.mac);
+                let _ = tokio::time::timeout(DISCONNECT_LIMIT, device.disconnect()).await;
+            }
+        }
+        log::info!("using Bluetooth adapter {name}");
+        self.adapter_events = Some(Box::pin(events));
+        self.adapter = Some(adapter);
+        self._session = Some(session);
+        self.backoff.reset();
+        self.retry_at = None;
+        self.probe.reset();
+        RadioEvent::Available(BluetoothState::Active)
+    }
+
+    async fn close_stream(&mut self, mac: Mac) {
+        if let Some(handle) = self.stream_aborts.remove(&mac) {
+            handle.abort();
+        }
+        self.disconnect(mac).await;
+    }
+
+    async fn disconnect(&self, mac: Mac) {
+        if let Some(adapter) = &self.adapter
+            && let Ok(device) = adapter.device(address(mac))
+        {
+            match tokio::time::timeout(DISCONNECT_LIMIT, device.disconnect()).await {
+                Ok(Err(e)) => log::debug!("{mac}: disconnect: {e}"),
+                Err(_) => log::warn!("{mac}: disconnect did not finish"),
+                Ok(Ok(())) => {}
             }
         }
     }
 }
 
-/// Connect to BlueZ and find a powered adapter.
-async fn acquire(name: &str) -> Result<Adapter, String> {
+/// Connect to BlueZ and find a powered adapter; set LE discovery with every advertisement reported.
+async fn acquire(name: &str) -> Result<(Session, Adapter), String> {
     let session = Session::new()
         .await
         .map_err(|e| format!("cannot reach BlueZ over D-Bus: {e}"))?;
@@ -94,334 +175,216 @@ async fn acquire(name: &str) -> Result<Adapter, String> {
                 .set_discovery_filter(filter)
                 .await
                 .map_err(|e| format!("adapter {name}: cannot set the discovery filter: {e}"))?;
-            Ok(adapter)
+            Ok((session, adapter))
         }
         Ok(false) => Err(format!("adapter {name} is powered off")),
         Err(e) => Err(format!("adapter {name} not found ({e})")),
     }
 }
 
-struct Ctx {
-    config: Arc<Config>,
-    targets: BTreeMap<Mac, Target>,
-    tx: Sender<BleEvent>,
-    /// The last Bluetooth state reported (reported again only on change).
-    state: Option<BluetoothState>,
-}
-
-/// A poll's result: the valid encrypted frame and the RSSI, or why there is none.
-type PollResult = (
-    Mac,
-    Option<Model>,
-    Result<(Vec<u8>, Option<i16>), LinkError>,
-);
-
-impl Ctx {
-    fn send(&self, e: BleEvent) {
-        if self.tx.send(e).is_err() {
-            log::debug!("decode stage gone; dropping a BLE event");
-        }
-    }
-
-    fn report(&mut self, state: BluetoothState) {
-        if self.state != Some(state) {
-            self.state = Some(state);
-            self.send(BleEvent::Notice(Notice::Bluetooth(state)));
-        }
-    }
-
-    fn unavailable(&mut self, why: &str) {
-        if self.state != Some(BluetoothState::Unavailable) {
-            log::warn!("Bluetooth unavailable: {why}");
-            self.report(BluetoothState::Unavailable);
-            for (mac, t) in &self.targets {
-                self.send(BleEvent::Notice(Notice::PollFailed {
-                    mac: *mac,
-                    model: t.model,
-                    error: LinkError::AdapterUnavailable,
-                }));
-            }
-        } else {
-            log::debug!("Bluetooth still unavailable: {why}");
-        }
-    }
-
-    /// Apply a command; false when the thread must stop.
-    fn command(&mut self, command: Option<Command>) -> bool {
-        match command {
-            Some(Command::Reconfigure(config)) => {
-                let auto: Vec<(Mac, Target)> = self
-                    .targets
-                    .iter()
-                    .filter(|(m, _)| !self.config.devices.iter().any(|d| d.mac == **m))
-                    .map(|(m, t)| (*m, t.clone()))
-                    .collect();
-                self.targets = super::targets(&config, auto.into_iter());
-                self.config = Arc::clone(&config);
-                self.send(BleEvent::Notice(Notice::Reconfigure(config)));
-                true
-            }
-            Some(Command::Stop { reason }) => {
-                self.send(BleEvent::Notice(Notice::Stopping { reason }));
-                false
-            }
-            None => false,
-        }
-    }
-
-    async fn with_adapter(&mut self, adapter: &Adapter, commands: &mut Receiver<Command>) -> Exit {
-        let mut adapter_events: Events = match adapter.events().await {
-            Ok(s) => Box::pin(s),
-            Err(e) => return Exit::AdapterLost(e.to_string()),
-        };
-        log::info!("using Bluetooth adapter {}", adapter.name());
-        self.report(BluetoothState::Active);
-        let now = Instant::now();
-        let scan = Duration::from_secs(self.config.discovery.scan_duration);
-        let mut discovery: Option<Events> = None;
-        let mut scan_until: Option<Instant> = None;
-        let mut next_scan = if self.config.discovery.initial_scan {
-            now
-        } else {
-            now + Duration::from_secs(self.config.discovery.periodic_interval)
-        };
-        let first_poll = if self.config.discovery.initial_scan {
-            now + scan
-        } else {
-            now
-        };
-        let mut due: HashMap<Mac, Instant> =
-            self.targets.keys().map(|m| (*m, first_poll)).collect();
-        let mut polls: JoinSet<PollResult> = JoinSet::new();
-        let mut streams: JoinSet<()> = JoinSet::new();
-        self.start_streams(adapter, &mut streams);
-        let mut polling: HashSet<Mac> = HashSet::new();
-        let mut announced: HashSet<Mac> = HashSet::new();
-        let mut last_advert: HashMap<Mac, Instant> = HashMap::new();
-        loop {
-            let now = Instant::now();
-            let passive = self.targets.values().any(|t| t.mode == Mode::Passive);
-            if discovery.is_none() && (now >= next_scan || passive) {
-                match adapter.discover_devices_with_changes().await {
-                    Ok(s) => discovery = Some(Box::pin(s)),
-                    Err(e) if link_error(&e) == LinkError::AdapterUnavailable => {
-                        polls.abort_all();
-                        streams.abort_all();
-                        return Exit::AdapterLost(e.to_string());
-                    }
-                    Err(e) => log::warn!("cannot start a scan: {e}"),
-                }
-                if now >= next_scan {
-                    scan_until = Some(now + scan);
-                    next_scan = now + Duration::from_secs(self.config.discovery.periodic_interval);
-                    announced.clear();
-                }
-            }
-            if let Some(end) = scan_until
-                && now >= end
-            {
-                scan_until = None;
-                if !passive {
-                    discovery = None;
-                }
-            }
-            // Start due polls, oldest first, within the connection limit.
-            let limit = self.config.bluetooth.max_concurrent_connections as usize;
-            let mut ready: Vec<(Instant, Mac)> = due
-                .iter()
-                .filter(|(m, t)| **t <= now && !polling.contains(*m))
-                .map(|(m, t)| (*t, *m))
-                .collect();
-            ready.sort();
-            for (_, mac) in ready {
-                if polling.len() >= limit {
-                    break;
-                }
-                let Some(target) = self.targets.get(&mac).cloned() else {
-                    due.remove(&mac);
-                    continue;
-                };
-                if target.mode != Mode::Poll {
-                    due.remove(&mac);
-                    continue;
-                }
-                polling.insert(mac);
-                due.insert(mac, now + target.poll_interval);
-                let adapter = adapter.clone();
-                let cfg = Arc::clone(&self.config);
-                polls.spawn(async move {
-                    let result = poll(&adapter, mac, target.model, &cfg).await;
-                    (mac, result.0, result.1)
-                });
-            }
-            let next_due = due
-                .iter()
-                .filter(|(m, _)| !polling.contains(*m))
-                .map(|(_, t)| *t)
-                .min();
-            let mut wake = next_due
-                .unwrap_or(now + Duration::from_secs(3600))
-                .min(next_scan);
-            if let Some(end) = scan_until {
-                wake = wake.min(end);
-            }
-            tokio::select! {
-                command = commands.recv() => {
-                    if !self.command(command) {
-                        polls.abort_all();
-                        streams.abort_all();
-                        return Exit::Stop;
-                    }
-                    streams.abort_all();
-                    self.start_streams(adapter, &mut streams);
-                    for mac in self.targets.keys() {
-                        due.entry(*mac).or_insert(now);
-                    }
-                    due.retain(|m, _| self.targets.contains_key(m));
-                }
-                event = adapter_events.next() => match event {
-                    None => {
-                        polls.abort_all();
-                        streams.abort_all();
-                        return Exit::AdapterLost("the adapter was removed".into());
-                    }
-                    Some(AdapterEvent::PropertyChanged(AdapterProperty::Powered(false))) => {
-                        polls.abort_all();
-                        streams.abort_all();
-                        return Exit::AdapterLost("the adapter was powered off".into());
-                    }
-                    Some(_) => {}
-                },
-                Some(event) = next_event(&mut discovery) => {
-                    if let AdapterEvent::DeviceAdded(addr) = event {
-                        let mac = Mac(addr.0);
-                        self.heard(adapter, mac, &mut announced, &mut last_advert, &mut due).await;
-                    }
-                }
-                Some(done) = polls.join_next(), if !polls.is_empty() => {
-                    if let Ok((mac, model, result)) = done {
-                        polling.remove(&mac);
-                        match result {
-                            Ok((data, rssi)) => self.frame(mac, model, Source::Gatt, data, rssi),
-                            Err(LinkError::AdapterUnavailable) => {
-                                polls.abort_all();
-                                streams.abort_all();
-                                return Exit::AdapterLost(format!("polling {mac}: adapter unavailable"));
-                            }
-                            Err(error) => self.send(BleEvent::Notice(Notice::PollFailed { mac, model, error })),
-                        }
-                    }
-                }
-                () = sleep_until(wake) => {}
-            }
-        }
-    }
-
-    /// One long-lived task per `stream` device.
-    fn start_streams(&self, adapter: &Adapter, streams: &mut JoinSet<()>) {
-        for (mac, t) in &self.targets {
-            if t.mode == Mode::Stream {
-                let link = StreamLink {
-                    adapter: adapter.clone(),
-                    mac: *mac,
-                    model: t.model,
-                    interval: t.poll_interval,
-                    config: Arc::clone(&self.config),
-                    tx: self.tx.clone(),
-                };
-                streams.spawn(link.run());
-            }
-        }
-    }
-
-    fn frame(
-        &self,
-        mac: Mac,
-        model: Option<Model>,
-        source: Source,
-        data: Vec<u8>,
-        rssi: Option<i16>,
-    ) {
-        let Some(model) = model else { return };
-        self.send(BleEvent::Frame(RawFrame {
-            mac,
-            model,
-            source,
-            data,
-            rssi,
-            received_at: Utc::now(),
-        }));
-    }
-
-    /// A device advertised (or changed): announce monitors once per scan, take passive readings, and
-    /// auto-configure newly found monitors.
-    async fn heard(
-        &mut self,
-        adapter: &Adapter,
-        mac: Mac,
-        announced: &mut HashSet<Mac>,
-        last_advert: &mut HashMap<Mac, Instant>,
-        due: &mut HashMap<Mac, Instant>,
-    ) {
-        let Ok(device) = adapter.device(address(mac)) else {
-            return;
-        };
-        let sighting = sighting(&device, mac).await;
-        let target = self.targets.get(&mac).cloned();
-        let model = target.as_ref().and_then(|t| t.model).or(sighting.model);
-        if sighting.model.is_some() && announced.insert(mac) {
-            self.send(BleEvent::Notice(Notice::Seen(sighting.clone())));
-            if target.is_none() && self.config.discovery.auto_configure {
-                let t = Target {
-                    model: sighting.model,
-                    mode: self.config.defaults.mode,
-                    poll_interval: Duration::from_secs(self.config.defaults.poll_interval),
-                };
-                log::info!(
-                    "polling newly found {} {mac}",
-                    sighting.model.map_or("?", |m| m.name())
-                );
-                self.targets.insert(mac, t);
-                due.insert(mac, Instant::now());
-            }
-        }
-        let Some(target) = self.targets.get(&mac) else {
-            return;
-        };
-        if target.mode != Mode::Passive {
-            return;
-        }
-        let Some(model) = model else { return };
-        let now = Instant::now();
-        if last_advert
-            .get(&mac)
-            .is_some_and(|t| now < *t + target.poll_interval)
-        {
-            return;
-        }
-        if let Some(frame) = devices::advert_reading(model, mac, &sighting.manufacturer_data) {
-            last_advert.insert(mac, now);
-            self.frame(
-                mac,
-                Some(model),
-                Source::Advertisement,
-                frame.to_vec(),
-                sighting.rssi,
-            );
-        }
-    }
-}
-
-async fn next_event(discovery: &mut Option<Events>) -> Option<AdapterEvent> {
-    match discovery {
+async fn next_of<T>(s: &mut Option<Events<T>>) -> Option<T> {
+    match s {
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }
 
-/// Scan for `duration` and return every monitor seen (for `battery-hawk scan`).
+impl Radio for Bluez {
+    async fn next(&mut self) -> RadioEvent {
+        if let Some(e) = self.pending.pop() {
+            return e;
+        }
+        if self.adapter.is_none() {
+            return self.acquire().await;
+        }
+        loop {
+            tokio::select! {
+                event = next_of(&mut self.adapter_events) => match event {
+                    None => return self.lose("the adapter was removed".into()),
+                    Some(AdapterEvent::PropertyChanged(AdapterProperty::Powered(false))) => {
+                        return self.lose("the adapter was powered off".into());
+                    }
+                    Some(_) => {}
+                },
+                event = next_of(&mut self.discovery) => match event {
+                    Some(AdapterEvent::DeviceAdded(addr)) => return RadioEvent::Advert(Mac(addr.0)),
+                    Some(AdapterEvent::DeviceRemoved(addr)) => {
+                        self.watched.remove(&Mac(addr.0));
+                    }
+                    Some(_) => {}
+                    None => self.discovery = None,
+                },
+                Some((mac, event)) = self.watches.next(), if !self.watches.is_empty() => {
+                    let DeviceEvent::PropertyChanged(property) = event;
+                    let heard = match property {
+                        DeviceProperty::ManufacturerData(map) => Heard {
+                            mac,
+                            manufacturer: map.into_iter().collect(),
+                            fresh: true,
+                            ..Heard::default()
+                        },
+                        DeviceProperty::Rssi(rssi) => Heard {
+                            mac,
+                            rssi: Some(rssi),
+                            ..Heard::default()
+                        },
+                        _ => continue,
+                    };
+                    return RadioEvent::Heard(heard);
+                }
+                Some(done) = self.polls.join_next_with_id(), if !self.polls.is_empty() => {
+                    return match done {
+                        Ok((id, (mac, outcome))) => {
+                            self.poll_tasks.remove(&id);
+                            RadioEvent::PollDone(mac, outcome)
+                        }
+                        Err(e) => {
+                            let Some(mac) = self.poll_tasks.remove(&e.id()) else { continue };
+                            if e.is_panic() {
+                                log::error!("{mac}: the poll task panicked; its connection slot is free again");
+                            }
+                            self.disconnect(mac).await;
+                            let why = if e.is_panic() { "the poll task panicked" } else { "the poll was cancelled" };
+                            RadioEvent::PollDone(mac, PollOutcome {
+                                frames: Vec::new(),
+                                result: Err(LinkError::Failed(why.into())),
+                                model: None,
+                            })
+                        }
+                    };
+                }
+                Some(done) = self.streams.join_next_with_id(), if !self.streams.is_empty() => {
+                    let (mac, error) = match done {
+                        Ok((id, ended)) => {
+                            self.stream_tasks.remove(&id);
+                            ended
+                        }
+                        Err(e) => {
+                            let Some(mac) = self.stream_tasks.remove(&e.id()) else { continue };
+                            if e.is_cancelled() {
+                                continue;
+                            }
+                            log::error!("{mac}: the stream task panicked");
+                            (mac, LinkError::Failed("the stream task panicked".into()))
+                        }
+                    };
+                    self.stream_aborts.remove(&mac);
+                    self.disconnect(mac).await;
+                    if error == LinkError::AdapterUnavailable {
+                        return self.lose(format!("stream link to {mac}: adapter unavailable"));
+                    }
+                    return RadioEvent::StreamEnded(mac, error);
+                }
+                Some(frame) = self.frames_rx.recv() => return RadioEvent::StreamFrame(frame),
+                _ = self.probe.tick() => {
+                    if let Some(adapter) = &self.adapter
+                        && let Err(e) = adapter.is_powered().await
+                        && link_error(&e) == LinkError::AdapterUnavailable
+                    {
+                        return self.lose(format!("bluetoothd stopped answering: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn details(&mut self, mac: Mac) -> Option<Heard> {
+        let device = self.adapter.as_ref()?.device(address(mac)).ok()?;
+        Some(details(&device, mac).await)
+    }
+
+    async fn watch(&mut self, mac: Mac) {
+        if self.watched.contains(&mac) {
+            return;
+        }
+        let Some(adapter) = &self.adapter else { return };
+        let Ok(device) = adapter.device(address(mac)) else {
+            return;
+        };
+        match device.events().await {
+            Ok(events) => {
+                self.watched.insert(mac);
+                self.watches.push(Box::pin(events.map(move |e| (mac, e))));
+            }
+            Err(e) => log::debug!("{mac}: cannot follow its adverts: {e}"),
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        let Some(adapter) = self.adapter.clone() else {
+            if let Action::Poll { mac, model } = action {
+                self.pending.push(RadioEvent::PollDone(
+                    mac,
+                    PollOutcome {
+                        frames: Vec::new(),
+                        result: Err(LinkError::AdapterUnavailable),
+                        model,
+                    },
+                ));
+            }
+            return;
+        };
+        match action {
+            Action::StartScan => match adapter.discover_devices().await {
+                Ok(s) => self.discovery = Some(Box::pin(s)),
+                Err(e) if link_error(&e) == LinkError::AdapterUnavailable => {
+                    let lost = self.lose(format!("cannot scan: {e}"));
+                    self.pending.push(lost);
+                }
+                Err(e) => log::warn!("cannot start a scan: {e}"),
+            },
+            Action::StopScan => self.discovery = None,
+            Action::Poll { mac, model } => {
+                let config = Arc::clone(&self.config);
+                let handle = self
+                    .polls
+                    .spawn(async move { (mac, poll_once(&adapter, mac, model, &config).await) });
+                self.poll_tasks.insert(handle.id(), mac);
+            }
+            Action::OpenStream {
+                mac,
+                model,
+                interval,
+            } => {
+                let link = StreamLink {
+                    adapter,
+                    mac,
+                    model,
+                    interval,
+                    config: Arc::clone(&self.config),
+                    frames: self.frames_tx.clone(),
+                };
+                let handle = self.streams.spawn(async move { (mac, link.run().await) });
+                self.stream_tasks.insert(handle.id(), mac);
+                self.stream_aborts.insert(mac, handle);
+            }
+            Action::CloseStream { mac } => self.close_stream(mac).await,
+            Action::Emit(_) => {}
+        }
+    }
+
+    fn reconfigure(&mut self, config: &Arc<Config>) {
+        self.config = Arc::clone(config);
+    }
+
+    async fn shutdown(&mut self) {
+        self.discovery = None;
+        let streams: Vec<Mac> = self.stream_aborts.keys().copied().collect();
+        for mac in streams {
+            self.close_stream(mac).await;
+        }
+        let polling: Vec<Mac> = self.poll_tasks.values().copied().collect();
+        self.polls.abort_all();
+        for mac in polling {
+            self.disconnect(mac).await;
+        }
+    }
+}
+
+/// Scan for `duration` and return every monitor seen, with the newest reading-bearing advert of each
+/// (`battery-hawk scan`): confirmed ones and name-only (`unconfirmed`) ones.
 pub(super) async fn scan(adapter_name: &str, duration: Duration) -> Result<Vec<Sighting>, String> {
-    let adapter = acquire(adapter_name).await?;
+    let (_session, adapter) = acquire(adapter_name).await?;
     let mut events = adapter
         .discover_devices_with_changes()
         .await
@@ -433,12 +396,37 @@ pub(super) async fn scan(adapter_name: &str, duration: Duration) -> Result<Vec<S
             event = events.next() => match event {
                 Some(AdapterEvent::DeviceAdded(addr)) => {
                     let mac = Mac(addr.0);
-                    if let Ok(device) = adapter.device(addr) {
-                        let s = sighting(&device, mac).await;
-                        if s.model.is_some() {
-                            found.insert(mac, s);
-                        }
+                    let Ok(device) = adapter.device(addr) else { continue };
+                    let h = details(&device, mac).await;
+                    let Some(id) = crate::devices::classify(mac, h.name.as_deref(), &h.service_uuids, &h.manufacturer) else {
+                        continue;
+                    };
+                    let carries_reading = h
+                        .manufacturer
+                        .iter()
+                        .any(|(cid, v)| crate::devices::advert_frame(*cid, v).is_some());
+                    let entry = found.entry(mac).or_insert_with(|| Sighting {
+                        mac,
+                        name: None,
+                        model: Some(id.model),
+                        confirmed: false,
+                        rssi: None,
+                        service_uuids: Vec::new(),
+                        manufacturer_data: Vec::new(),
+                        at: chrono::Utc::now(),
+                    });
+                    entry.confirmed |= id.confirmed();
+                    if id.confirmed() {
+                        entry.model = Some(id.model);
                     }
+                    entry.name = h.name.or(entry.name.take());
+                    entry.rssi = h.rssi.or(entry.rssi);
+                    entry.service_uuids = h.service_uuids;
+                    // Keep the newest advert that carries a reading (a BM2 alternates with its iBeacon).
+                    if carries_reading || entry.manufacturer_data.is_empty() {
+                        entry.manufacturer_data = h.manufacturer;
+                    }
+                    entry.at = chrono::Utc::now();
                 }
                 Some(_) => {}
                 None => break,
@@ -449,19 +437,40 @@ pub(super) async fn scan(adapter_name: &str, duration: Duration) -> Result<Vec<S
     Ok(found.into_values().collect())
 }
 
-/// Connect once and read one reading (for `battery-hawk read`).
+/// Connect once and read one reading (for `battery-hawk read`). A device BlueZ does not know now is
+/// looked for first with a scan of up to `bluetooth.connection_timeout`.
 pub(super) async fn read(
     config: &Config,
     mac: Mac,
-    model: Option<Model>,
-) -> Result<(Model, Vec<u8>, Option<i16>), LinkError> {
-    let adapter = acquire(&config.bluetooth.adapter).await.map_err(|e| {
+    model: Option<crate::devices::Model>,
+) -> Result<RawFrame, LinkError> {
+    let (_session, adapter) = acquire(&config.bluetooth.adapter).await.map_err(|e| {
         log::error!("{e}");
         LinkError::AdapterUnavailable
     })?;
-    let (model, result) = poll(&adapter, mac, model, config).await;
-    let (data, rssi) = result?;
-    model
-        .map(|m| (m, data, rssi))
-        .ok_or_else(|| LinkError::BadData("unknown model".into()))
+    let limit = Duration::from_secs(config.bluetooth.connection_timeout);
+    let mut discovery = adapter
+        .discover_devices_with_changes()
+        .await
+        .map_err(|e| link_error(&e))?;
+    let found = tokio::time::timeout(limit, async {
+        while let Some(event) = discovery.next().await {
+            if let AdapterEvent::DeviceAdded(addr) = event
+                && addr == address(mac)
+                && let Ok(device) = adapter.device(addr)
+                && device.rssi().await.ok().flatten().is_some()
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    drop(discovery);
+    if !matches!(found, Ok(true)) {
+        return Err(LinkError::NotFound);
+    }
+    let outcome = poll_once(&adapter, mac, model, config).await;
+    outcome.result?;
+    outcome.frames.into_iter().next().ok_or(LinkError::NoData)
 }

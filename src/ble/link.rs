@@ -1,41 +1,44 @@
-//! One link to one monitor: a poll (connect, subscribe, ask, take the first valid reading, disconnect),
-//! a long-lived `stream` link, and what a device advertises. Used by the adapter loop in `bluez.rs`;
-//! every failure comes back as a SPEC §2.2 [`LinkError`], never as a panic.
+//! One link to one monitor, through bluer: one poll attempt (connect, subscribe, ask, hand over the first
+//! reading frame, disconnect), a long-lived `stream` link, and what a device advertises. Used by the BlueZ
+//! radio in `bluez.rs`; retries, timing and throttling are the scheduler's. Every failure comes back as a
+//! SPEC §2.2 [`LinkError`], classified by bluer's error kind (never by message text), never as a panic.
 
-use crate::backoff::Backoff;
+use super::scheduler::{Heard, PollOutcome};
 use crate::config::Config;
-use crate::devices::{self, Decoded, Model, Source};
+use crate::devices::{self, DecodeError, Decoded, Model, Source};
 use crate::mac::Mac;
-use crate::messages::{BleEvent, LinkError, Notice, RawFrame, Sighting};
+use crate::messages::{LinkError, RawFrame};
 use bluer::gatt::WriteOp;
 use bluer::gatt::remote::{Characteristic, CharacteristicWriteRequest};
 use bluer::{Adapter, Address, Device, ErrorKind, Uuid};
 use chrono::Utc;
-use crossbeam_channel::Sender;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
-/// Attempts per poll before the device counts as unreachable until its next poll.
-const ATTEMPTS: u32 = 3;
-/// Pause between attempts of one poll (doubling).
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How often to look whether services were resolved after connecting.
 const RESOLVE_CHECK: Duration = Duration::from_millis(50);
 
+/// D-Bus errors that mean bluetoothd (or the adapter object) is gone.
+const BLUEZ_GONE: &[&str] = &[
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Disconnected",
+];
+
+/// SPEC §2.2 code for a bluer error, by its kind (and, for raw D-Bus errors, by the error's name).
 pub(super) fn link_error(e: &bluer::Error) -> LinkError {
+    use bluer::InternalErrorKind as Internal;
     match &e.kind {
         ErrorKind::NotReady | ErrorKind::NotAvailable => LinkError::AdapterUnavailable,
-        ErrorKind::DoesNotExist | ErrorKind::NotFound => LinkError::NotFound,
-        ErrorKind::InProgress => LinkError::Busy,
-        _ if e
-            .message
-            .contains("org.freedesktop.DBus.Error.ServiceUnknown")
-            || e.message.contains("UnknownObject") =>
-        {
+        ErrorKind::Internal(Internal::DBusConnectionLost) => LinkError::AdapterUnavailable,
+        ErrorKind::Internal(Internal::DBus(name)) if BLUEZ_GONE.contains(&name.as_str()) => {
             LinkError::AdapterUnavailable
         }
+        ErrorKind::DoesNotExist | ErrorKind::NotFound => LinkError::NotFound,
+        ErrorKind::InProgress => LinkError::Busy,
         _ => LinkError::Failed(format!("{}: {}", e.kind, e.message)),
     }
 }
@@ -48,70 +51,34 @@ fn uuid(s: &str) -> Uuid {
     s.parse().unwrap_or_default()
 }
 
-/// A `stream` device: stay connected, publish at most one reading per poll interval (the newest),
-/// reconnect with backoff when the link drops.
+/// A `stream` device's link: connect, subscribe, hand every notification over (the scheduler keeps the
+/// newest once per interval), ask again every interval for models that need a request; returns why it
+/// ended (the scheduler reports it and opens the link again later). The caller disconnects.
 pub(super) struct StreamLink {
     pub adapter: Adapter,
     pub mac: Mac,
     pub model: Option<Model>,
     pub interval: Duration,
     pub config: Arc<Config>,
-    pub tx: Sender<BleEvent>,
+    pub frames: tokio::sync::mpsc::Sender<RawFrame>,
 }
 
 impl StreamLink {
-    pub async fn run(self) {
-        let mut backoff = Backoff::new(RETRY_PAUSE, Duration::from_secs(60));
-        loop {
-            let error = self.session(&mut backoff).await;
-            if let Ok(device) = self.adapter.device(address(self.mac)) {
-                let _ = device.disconnect().await;
-            }
-            log::info!("{}: stream ended: {}", self.mac, error.message());
-            if error == LinkError::AdapterUnavailable {
-                return;
-            }
-            let failed = Notice::PollFailed {
-                mac: self.mac,
-                model: self.model,
-                error,
-            };
-            if self.tx.send(BleEvent::Notice(failed)).is_err() {
-                return;
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-    }
-
-    /// One connection's life; returns why it ended.
-    async fn session(&self, backoff: &mut Backoff) -> LinkError {
+    pub async fn run(self) -> LinkError {
         let mac = self.mac;
-        let device = match self.adapter.device(address(mac)) {
+        let device = match known_device(&self.adapter, mac).await {
             Ok(d) => d,
-            Err(e) => return link_error(&e),
+            Err(e) => return e,
         };
-        if !self
-            .adapter
-            .device_addresses()
-            .await
-            .is_ok_and(|a| a.contains(&address(mac)))
-        {
-            return LinkError::NotFound;
-        }
-        let Some(model) = self.model.or(sighting(&device, mac).await.model) else {
+        let Some(model) = self.model.or(model_of(&device, mac).await) else {
             return LinkError::BadData("model unknown: set `type` for this device".into());
         };
         let limit = Duration::from_secs(self.config.bluetooth.connection_timeout);
         if let Err(e) = connect(&device, limit).await {
             return e;
         }
-        let resolved = timeout(limit, async {
-            while !device.is_services_resolved().await.unwrap_or(false) {
-                tokio::time::sleep(RESOLVE_CHECK).await;
-            }
-        });
-        if resolved.await.is_err() {
-            return LinkError::Timeout;
+        if let Err(e) = resolved(&device, limit).await {
+            return e;
         }
         let (write, notify) = match characteristics(&device).await {
             Ok(c) => c,
@@ -122,60 +89,38 @@ impl StreamLink {
             Err(e) => return link_error(&e),
         };
         let mut tick = tokio::time::interval(self.interval);
-        let mut newest: Option<Vec<u8>> = None;
-        let mut next_publish = Instant::now();
         loop {
             tokio::select! {
                 value = values.next() => {
-                    let Some(v) = value else { return LinkError::Failed("connection lost".into()) };
-                    if !matches!(devices::decode_frame(model, Source::Gatt, mac, &v), Ok((_, Decoded::Reading(_)))) {
-                        continue;
+                    let Some(data) = value else { return LinkError::Failed("connection lost".into()) };
+                    let rssi = device.rssi().await.ok().flatten();
+                    let frame = RawFrame { mac, model, source: Source::Gatt, data, rssi, received_at: Utc::now() };
+                    if self.frames.send(frame).await.is_err() {
+                        return LinkError::Failed("the radio stopped".into());
                     }
-                    backoff.reset();
-                    newest = Some(v);
                 }
                 _ = tick.tick() => {
-                    if let Some(request) = model.gatt_request() {
-                        let req = CharacteristicWriteRequest { op_type: WriteOp::Request, ..Default::default() };
-                        if let Err(e) = write.write_ext(&devices::encrypt_frame(model, &request), &req).await {
-                            return link_error(&e);
-                        }
+                    if let Err(e) = request(&write, model).await {
+                        return e;
                     }
-                }
-            }
-            if Instant::now() >= next_publish
-                && let Some(frame) = newest.take()
-            {
-                next_publish = Instant::now() + self.interval;
-                let rssi = device.rssi().await.ok().flatten();
-                let event = BleEvent::Frame(RawFrame {
-                    mac,
-                    model,
-                    source: Source::Gatt,
-                    data: frame,
-                    rssi,
-                    received_at: Utc::now(),
-                });
-                if self.tx.send(event).is_err() {
-                    return LinkError::Failed("pipeline stopped".into());
                 }
             }
         }
     }
 }
 
-/// What a device advertises, classified.
-pub(super) async fn sighting(device: &Device, mac: Mac) -> Sighting {
+/// What a device advertises, as BlueZ has it now (possibly cached from earlier scans; `rssi` is only set
+/// while the current discovery receives the device).
+pub(super) async fn details(device: &Device, mac: Mac) -> Heard {
     let name = device.name().await.ok().flatten();
     let rssi = device.rssi().await.ok().flatten();
-    let mut manufacturer_data: Vec<(u16, Vec<u8>)> = device
+    let manufacturer: Vec<(u16, Vec<u8>)> = device
         .manufacturer_data()
         .await
         .ok()
         .flatten()
         .map(|m| m.into_iter().collect())
         .unwrap_or_default();
-    manufacturer_data.sort();
     let service_uuids = device
         .uuids()
         .await
@@ -183,83 +128,38 @@ pub(super) async fn sighting(device: &Device, mac: Mac) -> Sighting {
         .flatten()
         .map(|u| u.iter().map(Uuid::to_string).collect())
         .unwrap_or_default();
-    Sighting {
+    Heard {
         mac,
-        model: devices::classify(mac, name.as_deref(), &manufacturer_data),
         name,
-        rssi,
         service_uuids,
-        manufacturer_data,
-        at: Utc::now(),
+        rssi,
+        manufacturer,
+        fresh: false,
     }
 }
 
-/// One poll with retries: connect, subscribe, request, take the first valid reading, always disconnect.
-pub(super) async fn poll(
-    adapter: &Adapter,
-    mac: Mac,
-    model: Option<Model>,
-    config: &Config,
-) -> (Option<Model>, Result<(Vec<u8>, Option<i16>), LinkError>) {
-    let known = match adapter.device_addresses().await {
-        Ok(list) => list.contains(&address(mac)),
-        Err(e) => return (model, Err(link_error(&e))),
-    };
+/// The model a device's advertisement shows, if any.
+async fn model_of(device: &Device, mac: Mac) -> Option<Model> {
+    let h = details(device, mac).await;
+    devices::classify(mac, h.name.as_deref(), &h.service_uuids, &h.manufacturer).map(|i| i.model)
+}
+
+/// The device object, if BlueZ knows `mac` now (it forgets unpaired devices ~30 s after a scan).
+async fn known_device(adapter: &Adapter, mac: Mac) -> Result<Device, LinkError> {
+    let known = adapter
+        .device_addresses()
+        .await
+        .map_err(|e| link_error(&e))?
+        .contains(&address(mac));
     if !known {
-        return (model, Err(LinkError::NotFound));
+        return Err(LinkError::NotFound);
     }
-    let device = match adapter.device(address(mac)) {
-        Ok(d) => d,
-        Err(e) => return (model, Err(link_error(&e))),
-    };
-    let model = match model {
-        Some(m) => m,
-        None => match sighting(&device, mac).await.model {
-            Some(m) => m,
-            None => {
-                let why = "model unknown: set `type` for this device".to_string();
-                return (None, Err(LinkError::BadData(why)));
-            }
-        },
-    };
-    let mut pause = RETRY_PAUSE;
-    let mut attempt = 1;
-    loop {
-        let result = attempt_once(&device, mac, model, config).await;
-        if let Err(e) = device.disconnect().await {
-            log::debug!("{mac}: disconnect: {e}");
-        }
-        match result {
-            Ok(frame) => {
-                let rssi = device.rssi().await.ok().flatten();
-                return (Some(model), Ok((frame, rssi)));
-            }
-            Err(e)
-                if attempt >= ATTEMPTS
-                    || matches!(e, LinkError::NotFound | LinkError::AdapterUnavailable) =>
-            {
-                return (Some(model), Err(e));
-            }
-            Err(e) => {
-                log::debug!("{model} {mac}: attempt {attempt} failed: {}", e.message());
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                attempt += 1;
-            }
-        }
-    }
+    adapter.device(address(mac)).map_err(|e| link_error(&e))
 }
 
-async fn attempt_once(
-    device: &Device,
-    mac: Mac,
-    model: Model,
-    config: &Config,
-) -> Result<Vec<u8>, LinkError> {
-    let conn_timeout = Duration::from_secs(config.bluetooth.connection_timeout);
-    let data_wait = Duration::from_secs(config.bluetooth.data_wait_timeout);
-    connect(device, conn_timeout).await?;
-    timeout(conn_timeout, async {
+/// Wait (bounded) until BlueZ resolved the device's services.
+async fn resolved(device: &Device, limit: Duration) -> Result<(), LinkError> {
+    timeout(limit, async {
         while !device
             .is_services_resolved()
             .await
@@ -270,30 +170,91 @@ async fn attempt_once(
         Ok::<(), LinkError>(())
     })
     .await
-    .map_err(|_| LinkError::Timeout)??;
+    .map_err(|_| LinkError::Timeout)?
+}
+
+/// Write the model's reading request to `fff3` (with response), if it needs one.
+async fn request(write: &Characteristic, model: Model) -> Result<(), LinkError> {
+    let Some(request) = model.gatt_request() else {
+        return Ok(());
+    };
+    let req = CharacteristicWriteRequest {
+        op_type: WriteOp::Request,
+        ..Default::default()
+    };
+    write
+        .write_ext(&devices::encrypt_frame(model, &request), &req)
+        .await
+        .map_err(|e| link_error(&e))
+}
+
+/// One poll attempt: connect, subscribe, request, wait for the first reading frame, always disconnect.
+/// On failure, the frames that arrived but were no reading are handed over too (the decode stage counts
+/// them); echo and other non-reading frames are not.
+pub(super) async fn poll_once(
+    adapter: &Adapter,
+    mac: Mac,
+    model: Option<Model>,
+    config: &Config,
+) -> PollOutcome {
+    let outcome = |model, frames, result| PollOutcome {
+        frames,
+        result,
+        model,
+    };
+    let device = match known_device(adapter, mac).await {
+        Ok(d) => d,
+        Err(e) => return outcome(model, Vec::new(), Err(e)),
+    };
+    let Some(model) = model.or(model_of(&device, mac).await) else {
+        let why = "model unknown: set `type` for this device".to_string();
+        return outcome(None, Vec::new(), Err(LinkError::BadData(why)));
+    };
+    let mut frames = Vec::new();
+    let result = attempt(&device, mac, model, config, &mut frames).await;
+    if let Err(e) = device.disconnect().await {
+        log::debug!("{mac}: disconnect: {e}");
+    }
+    match result {
+        Ok(frame) => outcome(Some(model), vec![frame], Ok(())),
+        Err(e) => outcome(Some(model), frames, Err(e)),
+    }
+}
+
+async fn attempt(
+    device: &Device,
+    mac: Mac,
+    model: Model,
+    config: &Config,
+    rejected: &mut Vec<RawFrame>,
+) -> Result<RawFrame, LinkError> {
+    let conn_timeout = Duration::from_secs(config.bluetooth.connection_timeout);
+    let data_wait = Duration::from_secs(config.bluetooth.data_wait_timeout);
+    connect(device, conn_timeout).await?;
+    resolved(device, conn_timeout).await?;
     let (write, notify) = characteristics(device).await?;
     // Subscribe before writing: a reply that arrives during StartNotify would otherwise be lost.
     let mut values = Box::pin(notify.notify().await.map_err(|e| link_error(&e))?);
-    if let Some(request) = model.gatt_request() {
-        let req = CharacteristicWriteRequest {
-            op_type: WriteOp::Request,
-            ..Default::default()
-        };
-        write
-            .write_ext(&devices::encrypt_frame(model, &request), &req)
-            .await
-            .map_err(|e| link_error(&e))?;
-    }
-    let mut rejected: Option<String> = None;
+    request(&write, model).await?;
+    let rssi = device.rssi().await.ok().flatten();
+    let frame = |data: Vec<u8>| RawFrame {
+        mac,
+        model,
+        source: Source::Gatt,
+        data,
+        rssi,
+        received_at: Utc::now(),
+    };
     let wait = timeout(data_wait, async {
         while let Some(v) = values.next().await {
-            match devices::decode_frame(model, Source::Gatt, mac, &v) {
-                Ok((_, Decoded::Reading(_))) => return Some(v),
-                Ok(_) => log::trace!("{model} {mac}: skipped an echo/version frame"),
-                Err(e) => {
-                    log::debug!("{model} {mac}: bad frame {}: {e}", devices::to_hex(&v));
-                    rejected = Some(e.to_string());
+            // Stamped on arrival, not after the disconnect.
+            let f = frame(v);
+            match devices::decode_frame(model, Source::Gatt, mac, &f.data) {
+                Ok((_, Decoded::Reading(_))) | Err(DecodeError::OutOfRange { .. }) => {
+                    return Some(f);
                 }
+                Ok(_) => log::trace!("{model} {mac}: skipped a non-reading frame"),
+                Err(_) => rejected.push(f),
             }
         }
         None
@@ -301,23 +262,25 @@ async fn attempt_once(
     .await;
     match wait {
         Ok(Some(frame)) => Ok(frame),
-        _ => Err(rejected.map_or(LinkError::NoData, LinkError::BadData)),
+        _ if !rejected.is_empty() => Err(LinkError::BadData("no valid reading".into())),
+        _ => Err(LinkError::NoData),
     }
 }
 
 async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
     if device.is_connected().await.unwrap_or(false) {
-        // A stale connection (ours from before, or a crashed run): start clean.
-        let _ = device.disconnect().await;
+        // Another client of this BlueZ holds the link (a `read` beside the service, another program): the
+        // monitor accepts one central, and breaking someone else's link is not ours to do.
+        return Err(LinkError::Busy);
     }
     match timeout(limit, device.connect()).await {
-        Err(_) => Err(LinkError::Timeout),
+        Err(_) => {
+            let _ = device.disconnect().await;
+            Err(LinkError::Timeout)
+        }
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) if e.kind == ErrorKind::AlreadyConnected => Ok(()),
-        Ok(Err(e)) if e.kind == ErrorKind::InProgress => {
-            let _ = device.disconnect().await;
-            Err(LinkError::Busy)
-        }
+        Ok(Err(e)) if e.kind == ErrorKind::InProgress => Err(LinkError::Busy),
         Ok(Err(e)) => Err(link_error(&e)),
     }
 }

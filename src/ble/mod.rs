@@ -1,49 +1,30 @@
 //! Thread "ble": everything that talks to monitors over the air, on a small current-thread tokio runtime.
 //!
-//! Owns: the Bluetooth backends ([`bluez`] through bluer, and the simulated monitors of [`sim`]), poll
-//! scheduling, and the runtime. It reports encrypted frames and link failures as [`BleEvent`]s and never decodes, aggregates
-//! or publishes. Must never: be imported for tokio or bluer by any other module (they live here alone), or
-//! block on the broker (its only output is the bounded channel to the decode stage).
+//! Owns: the runtime, the [`scheduler`] (every decision: scans, polls, the connection limit, retries,
+//! passive throttling, streams, auto-configuration), the event loop that joins it to a radio ([`driver`]),
+//! and the radios behind one interface ([`radio`]): BlueZ through bluer ([`bluez`], [`link`]) and the
+//! simulated air ([`air`]). It reports encrypted frames and link failures as [`BleEvent`]s and never
+//! decodes, aggregates or publishes. Must never: be imported for tokio or bluer by any other module (they
+//! live here alone), or block on the broker (its only output is the bounded channel to the decode stage).
 
+mod air;
 mod bluez;
+mod driver;
+mod foreign;
 mod link;
-mod sim;
+mod radio;
+mod scheduler;
 
-use crate::config::{Backend, Config, Mode};
-use crate::devices::{Model, Source};
+use crate::config::{Backend, Config};
+use crate::devices::Model;
 use crate::mac::Mac;
 use crate::messages::{BleEvent, BluetoothState, LinkError, RawFrame, Sighting};
 use crossbeam_channel::Sender;
-use std::collections::BTreeMap;
+use scheduler::Scheduler;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-/// A device the BLE thread reads, and how.
-#[derive(Debug, Clone)]
-struct Target {
-    model: Option<Model>,
-    mode: Mode,
-    poll_interval: Duration,
-}
-
-/// Configured devices, plus `auto` ones (auto-configured earlier) that the config does not list.
-fn targets(config: &Config, auto: impl Iterator<Item = (Mac, Target)>) -> BTreeMap<Mac, Target> {
-    let mut map: BTreeMap<Mac, Target> = auto.collect();
-    for d in &config.devices {
-        map.insert(
-            d.mac,
-            Target {
-                model: d.model(),
-                mode: d.mode.unwrap_or(config.defaults.mode),
-                poll_interval: Duration::from_secs(
-                    d.poll_interval.unwrap_or(config.defaults.poll_interval),
-                ),
-            },
-        );
-    }
-    map
-}
+use std::time::{Duration, Instant};
 
 /// Commands to the BLE thread. A tokio channel (not crossbeam) because the thread's async loop must wake on
 /// it; only this module sees that.
@@ -88,32 +69,33 @@ pub fn initial_state(config: &Config) -> BluetoothState {
 
 impl BleStage {
     /// Start the BLE thread for `config`'s devices and the auto-configured devices `auto` (address and
-    /// model, from the registry), sending what it hears on `tx`.
+    /// model, from the registry); `known` is every address the registry remembers (never auto-configured
+    /// again). What it hears goes to `tx`.
     pub fn spawn(
         config: Arc<Config>,
         auto: Vec<(Mac, Option<Model>)>,
+        known: HashSet<Mac>,
         tx: Sender<BleEvent>,
     ) -> Result<BleStage, BleError> {
         let (commands, rx) = tokio::sync::mpsc::channel(8);
         let runtime = runtime()?;
-        let interval = Duration::from_secs(config.defaults.poll_interval);
-        let auto = auto.into_iter().map(|(mac, model)| {
-            let mode = config.defaults.mode;
-            (
-                mac,
-                Target {
-                    model,
-                    mode,
-                    poll_interval: interval,
-                },
-            )
-        });
-        let targets = targets(&config, auto);
         let thread = std::thread::Builder::new()
             .name("ble".into())
-            .spawn(move || match config.bluetooth.backend {
-                Backend::Simulated => runtime.block_on(sim::run(config, tx, rx)),
-                Backend::Bluez => runtime.block_on(bluez::run(config, targets, tx, rx)),
+            .spawn(move || {
+                let scheduler = Scheduler::new(Arc::clone(&config), auto, known, Instant::now());
+                // The radios are made inside the runtime: they own its timers.
+                runtime.block_on(async {
+                    match config.bluetooth.backend {
+                        Backend::Simulated => {
+                            let air = air::Air::new(Arc::clone(&config));
+                            driver::drive(scheduler, air, tx, rx).await;
+                        }
+                        Backend::Bluez => {
+                            let radio = bluez::Bluez::new(Arc::clone(&config));
+                            driver::drive(scheduler, radio, tx, rx).await;
+                        }
+                    }
+                });
             })
             .map_err(BleError::Runtime)?;
         Ok(BleStage { commands, thread })
@@ -161,13 +143,5 @@ pub fn scan(adapter: &str, duration: Duration) -> Result<Vec<Sighting>, BleError
 /// Connect to `mac` once and return its reading's frame (`battery-hawk read`).
 pub fn read(config: &Config, mac: Mac, model: Option<Model>) -> Result<RawFrame, LinkError> {
     let rt = runtime().map_err(|e| LinkError::Failed(e.to_string()))?;
-    let (model, data, rssi) = rt.block_on(bluez::read(config, mac, model))?;
-    Ok(RawFrame {
-        mac,
-        model,
-        source: Source::Gatt,
-        data,
-        rssi,
-        received_at: chrono::Utc::now(),
-    })
+    rt.block_on(bluez::read(config, mac, model))
 }

@@ -14,6 +14,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Largest `poll_interval` accepted (s): one week.
+pub const MAX_POLL_INTERVAL: u64 = 7 * 86_400;
+
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/battery-hawk/config.toml";
 
@@ -203,9 +206,17 @@ impl Default for Bluetooth {
 #[serde(default, deny_unknown_fields)]
 pub struct Discovery {
     pub initial_scan: bool,
+    /// Seconds between periodic scans; 0 = no periodic scans.
     pub periodic_interval: u64,
     pub scan_duration: u64,
+    /// Newly found *confirmed* monitors (SPEC §5.3) are read and given a vehicle of their own.
     pub auto_configure: bool,
+    /// How auto-configured monitors are read (SPEC rev. 2: `passive` never connects to a neighbour's monitor).
+    pub auto_mode: Mode,
+    /// At most this many auto-configured monitors.
+    pub max_auto_devices: u32,
+    /// Seconds without a sighting after which an auto-configured monitor is forgotten.
+    pub forget_after: u64,
 }
 
 impl Default for Discovery {
@@ -215,6 +226,9 @@ impl Default for Discovery {
             periodic_interval: 43_200,
             scan_duration: 10,
             auto_configure: true,
+            auto_mode: Mode::Passive,
+            max_auto_devices: 32,
+            forget_after: 1_209_600,
         }
     }
 }
@@ -256,8 +270,15 @@ impl Default for Defaults {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Simulation {
+    /// How often each simulated monitor broadcasts, and how often a stream notifies (ms).
     pub interval_ms: u64,
+    /// Share of connection attempts that time out (0.0–1.0).
     pub failure_rate: f64,
+    /// Non-monitor devices advertising nearby (phones, watches), each every `interval_ms`.
+    pub foreign_advertisers: u32,
+    /// Per-monitor behaviour on the simulated air (SPEC §7); monitors not listed behave well.
+    #[serde(rename = "monitor", skip_serializing_if = "Vec::is_empty")]
+    pub monitors: Vec<SimMonitor>,
 }
 
 impl Default for Simulation {
@@ -265,9 +286,55 @@ impl Default for Simulation {
         Simulation {
             interval_ms: 1000,
             failure_rate: 0.0,
+            foreign_advertisers: 0,
+            monitors: Vec::new(),
         }
     }
 }
+
+/// What a simulated monitor broadcasts (SPEC §7).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Broadcasts {
+    /// The encrypted reading frame and the iBeacon.
+    Encrypted,
+    /// Only the iBeacon (older BM2 firmware).
+    Ibeacon,
+    /// Nothing usable (BM7, some BM6 firmware): name and service only.
+    None,
+}
+
+/// `[[simulation.monitor]]`: how one configured monitor behaves on the simulated air (SPEC §7).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimMonitor {
+    pub mac: Mac,
+    /// Signal strength as heard by this gateway (dBm); -127 = out of range.
+    pub rssi: i16,
+    /// false: accepts connections but never notifies (1004).
+    pub answers: bool,
+    /// false: connection attempts time out (1001).
+    pub connectable: bool,
+    /// true: another central holds the monitor (1007).
+    pub busy: bool,
+    pub broadcasts: Broadcasts,
+}
+
+impl Default for SimMonitor {
+    fn default() -> Self {
+        SimMonitor {
+            mac: Mac([0; 6]),
+            rssi: -67,
+            answers: true,
+            connectable: true,
+            busy: false,
+            broadcasts: Broadcasts::Encrypted,
+        }
+    }
+}
+
+/// RSSI that means "out of range" on the simulated air.
+pub const OUT_OF_RANGE: i16 = -127;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -373,31 +440,11 @@ impl Config {
         if self.gateway.id.trim().is_empty() {
             return bad("gateway.id must not be empty".into());
         }
-        let positive = [
-            ("mqtt.port", u64::from(self.mqtt.port)),
-            ("mqtt.timeout", self.mqtt.timeout),
-            ("mqtt.retries", u64::from(self.mqtt.retries)),
-            ("mqtt.status_interval", self.mqtt.status_interval),
-            ("mqtt.outbox_capacity", self.mqtt.outbox_capacity as u64),
-            (
-                "bluetooth.max_concurrent_connections",
-                u64::from(self.bluetooth.max_concurrent_connections),
-            ),
-            (
-                "bluetooth.connection_timeout",
-                self.bluetooth.connection_timeout,
-            ),
-            (
-                "bluetooth.data_wait_timeout",
-                self.bluetooth.data_wait_timeout,
-            ),
-            ("discovery.scan_duration", self.discovery.scan_duration),
-            ("defaults.poll_interval", self.defaults.poll_interval),
-            ("simulation.interval_ms", self.simulation.interval_ms),
-        ];
-        for (key, v) in positive {
-            if v == 0 {
-                return bad(format!("{key} must be greater than 0"));
+        for (key, value, min, max) in self.bounded() {
+            if !(min..=max).contains(&value) {
+                return bad(format!(
+                    "{key} = {value} is out of range (allowed: {min} to {max})"
+                ));
             }
         }
         if !(0.0..=1.0).contains(&self.simulation.failure_rate) {
@@ -447,8 +494,12 @@ impl Config {
             {
                 return bad(format!("{at}: capacity_ah = {c} must be 0 or more"));
             }
-            if d.poll_interval == Some(0) {
-                return bad(format!("{at}: poll_interval must be greater than 0"));
+            if let Some(p) = d.poll_interval
+                && !(1..=MAX_POLL_INTERVAL).contains(&p)
+            {
+                return bad(format!(
+                    "{at}: poll_interval = {p} is out of range (allowed: 1 to {MAX_POLL_INTERVAL})"
+                ));
             }
             let mode = d.mode.unwrap_or(self.defaults.mode);
             if let Some(m) = d.model()
@@ -460,7 +511,132 @@ impl Config {
                 ));
             }
         }
+        if self.discovery.auto_mode == Mode::Stream {
+            return bad(
+                "discovery.auto_mode = \"stream\" is not allowed: a found monitor is read \"passive\" or \"poll\""
+                    .into(),
+            );
+        }
+        let modes = || {
+            self.devices
+                .iter()
+                .map(|d| d.mode.unwrap_or(self.defaults.mode))
+        };
+        let streams = modes().filter(|m| *m == Mode::Stream).count();
+        let polled = modes().any(|m| m == Mode::Poll)
+            || (self.discovery.auto_configure && self.discovery.auto_mode == Mode::Poll);
+        let needed = streams + usize::from(polled);
+        if streams > 0 && needed > self.bluetooth.max_concurrent_connections as usize {
+            return bad(format!(
+                "{streams} device(s) in mode = \"stream\" hold a connection each{}: \
+                 bluetooth.max_concurrent_connections = {} must be at least {needed}",
+                if polled {
+                    ", and polling needs one more"
+                } else {
+                    ""
+                },
+                self.bluetooth.max_concurrent_connections
+            ));
+        }
+        let mut simulated = BTreeSet::new();
+        for m in &self.simulation.monitors {
+            let at = format!("[[simulation.monitor]] {}", m.mac);
+            if !macs.contains(&m.mac) {
+                return bad(format!(
+                    "{at}: no [[device]] has this mac (a simulated monitor plays a configured device)"
+                ));
+            }
+            if !simulated.insert(m.mac) {
+                return bad(format!("{at} is defined twice"));
+            }
+            if !(OUT_OF_RANGE..=0).contains(&m.rssi) {
+                return bad(format!(
+                    "{at}: rssi = {} is out of range (allowed: {OUT_OF_RANGE} to 0 dBm)",
+                    m.rssi
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Every bounded number of SPEC §4: (key, value, smallest, largest allowed). The upper bounds keep all
+    /// deadline arithmetic far from overflow and catch typos (a poll interval of 30 years).
+    fn bounded(&self) -> [(&'static str, u64, u64, u64); 17] {
+        const DAY: u64 = 86_400;
+        [
+            ("mqtt.port", u64::from(self.mqtt.port), 1, 65_535),
+            ("mqtt.keepalive", self.mqtt.keepalive, 5, 65_535),
+            ("mqtt.timeout", self.mqtt.timeout, 1, 3_600),
+            ("mqtt.retries", u64::from(self.mqtt.retries), 1, 100),
+            ("mqtt.status_interval", self.mqtt.status_interval, 1, DAY),
+            (
+                "mqtt.outbox_capacity",
+                self.mqtt.outbox_capacity as u64,
+                1,
+                10_000_000,
+            ),
+            ("mqtt.spool_max_mb", self.mqtt.spool_max_mb, 0, 1_000_000),
+            (
+                "bluetooth.max_concurrent_connections",
+                u64::from(self.bluetooth.max_concurrent_connections),
+                1,
+                16,
+            ),
+            (
+                "bluetooth.connection_timeout",
+                self.bluetooth.connection_timeout,
+                1,
+                300,
+            ),
+            (
+                "bluetooth.data_wait_timeout",
+                self.bluetooth.data_wait_timeout,
+                1,
+                300,
+            ),
+            (
+                "discovery.periodic_interval",
+                self.discovery.periodic_interval,
+                0,
+                30 * DAY,
+            ),
+            (
+                "discovery.scan_duration",
+                self.discovery.scan_duration,
+                1,
+                3_600,
+            ),
+            (
+                "discovery.max_auto_devices",
+                u64::from(self.discovery.max_auto_devices),
+                0,
+                1_000,
+            ),
+            (
+                "discovery.forget_after",
+                self.discovery.forget_after,
+                60,
+                365 * DAY,
+            ),
+            (
+                "defaults.poll_interval",
+                self.defaults.poll_interval,
+                1,
+                MAX_POLL_INTERVAL,
+            ),
+            (
+                "simulation.interval_ms",
+                self.simulation.interval_ms,
+                10,
+                3_600_000,
+            ),
+            (
+                "simulation.foreign_advertisers",
+                u64::from(self.simulation.foreign_advertisers),
+                0,
+                10_000,
+            ),
+        ]
     }
 
     /// The MQTT client id in effect.

@@ -223,13 +223,49 @@ pub fn advert_frame(company_id: u16, value: &[u8]) -> Option<[u8; 16]> {
 /// Apple's company id, under which iBeacon data comes.
 const APPLE: u16 = 76;
 
-/// Which model a device is, from what it advertises: an encrypted advertisement carrying its own address
-/// decides (SPEC §5.3); else the iBeacon UUID; else the advertised name. `None`: not a monitor we know.
-pub fn classify(mac: Mac, name: Option<&str>, manufacturer: &[(u16, Vec<u8>)]) -> Option<Model> {
+/// How a device was recognised as a model (SPEC §5.3), strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// Its decrypted advertisement carries its own address.
+    Advertisement,
+    /// It broadcasts the model's iBeacon UUID.
+    Ibeacon,
+    /// Only its advertised name (with the family's `fff0` service) suggests the model: unconfirmed.
+    Name,
+}
+
+/// A device recognised as a monitor model, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub model: Model,
+    pub evidence: Evidence,
+}
+
+impl Identity {
+    /// Whether the evidence confirms the model (SPEC §5.3: a name alone never does).
+    pub fn confirmed(&self) -> bool {
+        self.evidence != Evidence::Name
+    }
+}
+
+/// Which model a device is, from what it advertises (SPEC §5.3): an encrypted advertisement carrying its
+/// own address decides; else the iBeacon UUID; else an advertised name together with the family's `fff0`
+/// service (unconfirmed). A name without `fff0` is not a monitor: unrelated products (BMS boards, helmets,
+/// set-top boxes) use the same generic names. `None`: not a monitor we know.
+pub fn classify(
+    mac: Mac,
+    name: Option<&str>,
+    service_uuids: &[String],
+    manufacturer: &[(u16, Vec<u8>)],
+) -> Option<Identity> {
     let by_advert = manufacturer
         .iter()
         .filter_map(|(cid, v)| advert_frame(*cid, v))
-        .find_map(|f| identify_by_advert(mac, &f));
+        .find_map(|f| identify_by_advert(mac, &f))
+        .map(|model| Identity {
+            model,
+            evidence: Evidence::Advertisement,
+        });
     let by_beacon = || {
         manufacturer
             .iter()
@@ -238,12 +274,24 @@ pub fn classify(mac: Mac, name: Option<&str>, manufacturer: &[(u16, Vec<u8>)]) -
                 let uuid = to_hex(&v[2..18]);
                 ALL.iter()
                     .find(|m| m.ibeacon_uuid().is_some_and(|u| u.replace('-', "") == uuid))
-                    .map(|m| Model(*m))
+                    .map(|m| Identity {
+                        model: Model(*m),
+                        evidence: Evidence::Ibeacon,
+                    })
             })
     };
-    by_advert
-        .or_else(by_beacon)
-        .or_else(|| name.and_then(identify_by_name))
+    let by_name = || {
+        let fff0 = service_uuids
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(SERVICE_UUID));
+        fff0.then(|| name.and_then(identify_by_name))
+            .flatten()
+            .map(|model| Identity {
+                model,
+                evidence: Evidence::Name,
+            })
+    };
+    by_advert.or_else(by_beacon).or_else(by_name)
 }
 
 /// The reading an advertisement carries, if it is `model`'s and from `mac`.
@@ -361,18 +409,23 @@ mod tests {
         let mac: Mac = "38:3B:26:B5:30:AB".parse().unwrap();
         let f = parse_hex("ee6e22884c11f151c1760465b2fe9003").unwrap();
         let mfr = vec![(u16::from_le_bytes([f[0], f[1]]), f[2..].to_vec())];
-        assert_eq!(
-            classify(mac, Some("Battery Monitor"), &mfr).unwrap().name(),
-            "BM6"
-        );
+        let fff0 = [SERVICE_UUID.to_string()];
+        let bm6 = classify(mac, Some("Battery Monitor"), &[], &mfr).unwrap();
+        assert_eq!((bm6.model.name(), bm6.confirmed()), ("BM6", true));
         assert!(advert_reading(Model::by_name("BM6").unwrap(), mac, &mfr).is_some());
         assert!(advert_reading(Model::by_name("BM2").unwrap(), mac, &mfr).is_none());
         let mut beacon = vec![0x02, 0x15];
         beacon.extend(parse_hex("655f83caae16a10a702e31f30d58dd82").unwrap());
         beacon.extend([0, 0, 0, 0, 0xc5]);
-        assert_eq!(classify(mac, None, &[(76, beacon)]).unwrap().name(), "BM2");
-        assert_eq!(classify(mac, Some("BM7"), &[]).unwrap().name(), "BM7");
-        assert!(classify(mac, Some("Mi Band"), &[(76, vec![1, 2, 3])]).is_none());
+        let bm2 = classify(mac, None, &[], &[(76, beacon)]).unwrap();
+        assert_eq!((bm2.model.name(), bm2.confirmed()), ("BM2", true));
+        let bm7 = classify(mac, Some("BM7"), &fff0, &[]).unwrap();
+        assert_eq!((bm7.model.name(), bm7.confirmed()), ("BM7", false));
+        assert!(
+            classify(mac, Some("Battery Monitor"), &[], &[]).is_none(),
+            "a name without fff0 is not a monitor"
+        );
+        assert!(classify(mac, Some("Mi Band"), &fff0, &[(76, vec![1, 2, 3])]).is_none());
         assert!(advert_frame(1, &[0; 13]).is_none());
     }
 

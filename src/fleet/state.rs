@@ -112,6 +112,10 @@ impl Fleet {
                 self.on_failure(mac, error, now, &mut out);
             }
             FleetEvent::Notice(Notice::Seen(s)) => self.on_seen(s, now, &mut out),
+            FleetEvent::Notice(Notice::Adopted { mac, model, mode }) => {
+                self.on_adopted(mac, model, mode, now, &mut out)
+            }
+            FleetEvent::Notice(Notice::Forgotten { mac }) => self.on_forgotten(mac, now, &mut out),
             FleetEvent::Notice(Notice::Bluetooth(state)) => {
                 if state != self.bluetooth {
                     self.bluetooth = state;
@@ -207,6 +211,7 @@ impl Fleet {
                 mac: r.mac,
                 name: None,
                 model: Some(r.model),
+                confirmed: true,
                 rssi: r.rssi,
                 service_uuids: Vec::new(),
                 manufacturer_data: Vec::new(),
@@ -258,45 +263,83 @@ impl Fleet {
         }
     }
 
-    fn on_seen(&mut self, s: Sighting, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+    /// A monitor was seen. Only a confirmed one (SPEC §5.3) enters the registry and is announced on
+    /// `discovery/found`; auto-configuration is the BLE scheduler's decision ([`Notice::Adopted`]).
+    fn on_seen(&mut self, s: Sighting, _now: DateTime<Utc>, out: &mut Vec<Outbound>) {
         let live = self.live.entry(s.mac).or_default();
         if s.rssi.is_some() {
             live.rssi = s.rssi;
         }
+        if !s.confirmed {
+            return;
+        }
         if let Some(m) = s.model {
             live.model.get_or_insert(m);
         }
-        let known_before =
-            self.registry.devices.contains_key(&s.mac) || self.configured(&s.mac).is_some();
         if self.mark_seen(s.mac, s.model, s.name.clone(), s.at) {
-            out.push(Outbound::Discovered(s.clone()));
+            out.push(Outbound::Discovered(s));
         }
-        if !known_before && self.config.discovery.auto_configure && s.model.is_some() {
-            let config = Arc::clone(&self.config);
-            let id = self
+    }
+
+    /// The BLE scheduler adopted a newly found monitor: give it a vehicle of its own.
+    fn on_adopted(
+        &mut self,
+        mac: Mac,
+        model: Model,
+        mode: Mode,
+        now: DateTime<Utc>,
+        out: &mut Vec<Outbound>,
+    ) {
+        if self.configured(&mac).is_some() {
+            return;
+        }
+        self.mark_seen(mac, Some(model), None, now);
+        let config = Arc::clone(&self.config);
+        let id = self
+            .registry
+            .new_vehicle(|id| config.vehicles.iter().any(|v| v.id == id));
+        if let Some(d) = self.registry.devices.get_mut(&mac) {
+            d.auto = true;
+            d.vehicle = Some(id.clone());
+        }
+        self.registry_dirty = true;
+        self.rebuild();
+        log::info!(
+            "auto-configured {mac} ({model}, {}) in new vehicle {id}",
+            mode.as_str()
+        );
+        out.push(Outbound::Associated(AssociationOut {
+            mac,
+            vehicle_id: id.clone(),
+            model: Some(model),
+            new_vehicle: true,
+            at: now,
+        }));
+        self.refresh_summary(&id, now, out);
+        out.push(Outbound::System(self.snapshot(now, true)));
+    }
+
+    /// An auto-configured monitor was not heard for `discovery.forget_after`: it leaves the registry
+    /// (heard again later, it is new again) and its retained state, and its vehicle if left empty, go.
+    fn on_forgotten(&mut self, mac: Mac, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        if !self.registry.devices.get(&mac).is_some_and(|d| d.auto) {
+            return;
+        }
+        let before = self.active();
+        let vehicle = self.registry.devices.remove(&mac).and_then(|d| d.vehicle);
+        if let Some(v) = vehicle
+            && !self
                 .registry
-                .new_vehicle(|id| config.vehicles.iter().any(|v| v.id == id));
-            if let Some(d) = self.registry.devices.get_mut(&s.mac) {
-                d.auto = true;
-                d.vehicle = Some(id.clone());
-            }
-            self.registry_dirty = true;
-            self.rebuild();
-            log::info!(
-                "auto-configured {} ({:?}) in new vehicle {id}",
-                s.mac,
-                s.model
-            );
-            out.push(Outbound::Associated(AssociationOut {
-                mac: s.mac,
-                vehicle_id: id.clone(),
-                model: s.model,
-                new_vehicle: true,
-                at: now,
-            }));
-            self.refresh_summary(&id, now, out);
-            out.push(Outbound::System(self.snapshot(now, true)));
+                .devices
+                .values()
+                .any(|d| d.vehicle.as_ref() == Some(&v))
+            && !self.config.vehicles.iter().any(|c| c.id == v)
+        {
+            self.registry.vehicles.remove(&v);
         }
+        self.registry_dirty = true;
+        self.rebuild();
+        self.drop_gone(before, now, out);
     }
 
     /// Record a sighting in the registry; true if this is the first time the device was ever seen.
@@ -331,10 +374,24 @@ impl Fleet {
     }
 
     fn reconfigure(&mut self, config: Arc<Config>, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
-        let devices_before: BTreeSet<Mac> = self.views.keys().copied().collect();
-        let vehicles_before = self.vehicle_ids();
+        let before = self.active();
         self.config = config;
         self.reconcile(now, out);
+        self.drop_gone(before, now, out);
+    }
+
+    /// The active devices and vehicles now (to compare after a change).
+    fn active(&self) -> (BTreeSet<Mac>, BTreeSet<String>) {
+        (self.views.keys().copied().collect(), self.vehicle_ids())
+    }
+
+    /// After the active set changed: clear what left, refresh every summary, publish the system status.
+    fn drop_gone(
+        &mut self,
+        (devices_before, vehicles_before): (BTreeSet<Mac>, BTreeSet<String>),
+        now: DateTime<Utc>,
+        out: &mut Vec<Outbound>,
+    ) {
         let views = &self.views;
         self.live.retain(|mac, _| views.contains_key(mac));
         for mac in devices_before
@@ -433,9 +490,10 @@ impl Fleet {
                     .and_then(|c| c.vehicle.clone())
                     .or_else(|| known.and_then(|k| k.vehicle.clone())),
                 capacity: conf.and_then(|c| c.capacity_ah),
-                mode: conf
-                    .and_then(|c| c.mode)
-                    .unwrap_or(self.config.defaults.mode),
+                mode: match conf {
+                    Some(c) => c.mode.unwrap_or(self.config.defaults.mode),
+                    None => self.config.discovery.auto_mode,
+                },
                 poll_interval: conf
                     .and_then(|c| c.poll_interval)
                     .unwrap_or(self.config.defaults.poll_interval),

@@ -41,6 +41,7 @@ fn seen(mac: &str) -> FleetEvent {
         mac: mac.parse().unwrap(),
         name: Some("BM6".into()),
         model: Some(bm6()),
+        confirmed: true,
         rssi: Some(-70),
         service_uuids: vec![],
         manufacturer_data: vec![],
@@ -150,42 +151,59 @@ fn failures_set_error_codes_and_count() {
     assert!(s.reachable && s.error.is_none() && s.consecutive_failures == 0);
 }
 
+fn adopted(mac: &str) -> FleetEvent {
+    FleetEvent::Notice(Notice::Adopted {
+        mac: mac.parse().unwrap(),
+        model: bm6(),
+        mode: crate::config::Mode::Passive,
+    })
+}
+
 #[test]
-fn auto_configure_creates_vehicles_that_never_collide() {
+fn adopted_monitors_get_vehicles_that_never_collide_and_are_forgotten_cleanly() {
     let mut f = Fleet::new(
         config("[[vehicle]]\nid = \"vehicle_1\"\n"),
         Registry::default(),
         BluetoothState::Active,
     );
     f.start(Utc::now());
-    let out = f.handle(seen("AA:BB:CC:DD:EE:02"), Utc::now());
     assert_eq!(
-        kinds(&out),
-        ["discovered", "associated", "summary", "system"]
+        kinds(&f.handle(seen("AA:BB:CC:DD:EE:02"), Utc::now())),
+        ["discovered"]
     );
-    let Outbound::Associated(a) = &out[1] else {
+    let out = f.handle(adopted("AA:BB:CC:DD:EE:02"), Utc::now());
+    assert_eq!(kinds(&out), ["associated", "summary", "system"]);
+    let Outbound::Associated(a) = &out[0] else {
         unreachable!()
     };
     assert_eq!((a.vehicle_id.as_str(), a.new_vehicle), ("vehicle_2", true));
-    let Outbound::Summary(s) = &out[2] else {
+    let Outbound::Summary(s) = &out[1] else {
         unreachable!()
     };
     assert_eq!(s.name, "Vehicle 2");
     // Seen again: nothing new.
     assert!(kinds(&f.handle(seen("AA:BB:CC:DD:EE:02"), Utc::now())).is_empty());
     assert_eq!(f.snapshot(Utc::now(), true).devices_total, 1);
+    let out = f.handle(
+        FleetEvent::Notice(Notice::Forgotten {
+            mac: "AA:BB:CC:DD:EE:02".parse().unwrap(),
+        }),
+        Utc::now(),
+    );
+    assert_eq!(kinds(&out), ["removed", "removed", "system"]);
+    assert_eq!(f.snapshot(Utc::now(), true).devices_total, 0);
+    assert!(f.registry().devices.is_empty());
 }
 
 #[test]
-fn without_auto_configure_a_found_device_is_only_announced() {
-    let mut f = Fleet::new(
-        config("[discovery]\nauto_configure = false\n"),
-        Registry::default(),
-        BluetoothState::Active,
-    );
-    let out = f.handle(seen("AA:BB:CC:DD:EE:03"), Utc::now());
-    assert_eq!(kinds(&out), ["discovered"]);
-    assert_eq!(f.snapshot(Utc::now(), true).devices_total, 0);
+fn a_name_only_sighting_is_not_announced_or_remembered() {
+    let mut f = fleet("");
+    let mut s = seen("AA:BB:CC:DD:EE:03");
+    if let FleetEvent::Notice(Notice::Seen(s)) = &mut s {
+        s.confirmed = false;
+    }
+    assert!(kinds(&f.handle(s, Utc::now())).is_empty());
+    assert!(f.registry().devices.is_empty());
 }
 
 #[test]

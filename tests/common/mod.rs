@@ -343,13 +343,15 @@ pub fn binary() -> &'static str {
 }
 
 /// A config for the simulated backend, logging to stderr, with `state_dir` inside `dir`, and `extra`
-/// appended (more sections, vehicles and devices).
+/// appended (more sections, vehicles and devices). Polled monitors are read every second (the scheduler
+/// honours `poll_interval` on the simulated air too); connection attempts give up after 2 s.
 pub fn sim_config(port: u16, state_dir: &Path, extra: &str) -> String {
     format!(
         "[gateway]\nid = \"test-gw\"\nstate_dir = \"{}\"\n\
          [logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
          [mqtt]\nbroker = \"127.0.0.1\"\nport = {port}\ntimeout = 5\n\
-         [bluetooth]\nbackend = \"simulated\"\n{extra}",
+         [bluetooth]\nbackend = \"simulated\"\nconnection_timeout = 2\n\
+         [defaults]\npoll_interval = 1\n{extra}",
         state_dir.display()
     )
 }

@@ -1,0 +1,522 @@
+//! Scheduler tests with a fake clock: every input carries an instant the test chooses.
+
+use super::*;
+use crate::devices::{SERVICE_UUID, encrypt_frame};
+use proptest::prelude::*;
+use std::path::Path;
+
+const A: &str = "AA:BB:CC:00:00:01";
+const B: &str = "AA:BB:CC:00:00:02";
+
+fn mac(s: &str) -> Mac {
+    s.parse().unwrap()
+}
+
+fn config(text: &str) -> Arc<Config> {
+    Arc::new(Config::from_toml(text, Path::new("t.toml"), std::iter::empty()).unwrap())
+}
+
+fn two_polled() -> Arc<Config> {
+    config(&format!(
+        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 60\n\
+         [[device]]\nmac = \"{B}\"\ntype = \"BM6\"\npoll_interval = 60\n"
+    ))
+}
+
+fn heard(m: &str) -> Heard {
+    Heard {
+        mac: mac(m),
+        name: Some("BM6".into()),
+        service_uuids: vec![SERVICE_UUID.into()],
+        rssi: Some(-60),
+        manufacturer: Vec::new(),
+        fresh: false,
+    }
+}
+
+/// A BM6 advertisement for `m` at `volts`, as BlueZ reports it (company id + 14 bytes).
+fn bm6_advert(m: &str, volts: f64) -> (u16, Vec<u8>) {
+    let model = Model::by_name("BM6").unwrap();
+    let meas = crate::devices::Measurement {
+        voltage: volts,
+        temperature: None,
+        state_of_charge: Some(80.0),
+        state: None,
+        counters: vec![],
+    };
+    let plain = model.encode_advert(&meas, mac(m)).unwrap();
+    let f = encrypt_frame(model, &plain);
+    (u16::from_le_bytes([f[0], f[1]]), f[2..].to_vec())
+}
+
+fn ok(m: &str) -> PollOutcome {
+    PollOutcome {
+        frames: vec![RawFrame {
+            mac: mac(m),
+            model: Model::by_name("BM6").unwrap(),
+            source: Source::Gatt,
+            data: vec![0; 16],
+            rssi: None,
+            received_at: chrono::Utc::now(),
+        }],
+        result: Ok(()),
+        model: None,
+    }
+}
+
+fn failed(e: LinkError) -> PollOutcome {
+    PollOutcome {
+        frames: Vec::new(),
+        result: Err(e),
+        model: None,
+    }
+}
+
+fn polls(actions: &[Action]) -> Vec<Mac> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Poll { mac, .. } => Some(*mac),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failures(actions: &[Action]) -> Vec<(Mac, u16)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit(BleEvent::Notice(Notice::PollFailed { mac, error, .. })) => {
+                Some((*mac, error.code()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn frames(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Emit(BleEvent::Frame(_))))
+        .count()
+}
+
+fn started(config: Arc<Config>, t0: Instant) -> Scheduler {
+    let mut s = Scheduler::new(config, Vec::new(), HashSet::new(), t0);
+    s.adapter_available(BluetoothState::Active, t0);
+    s
+}
+
+#[test]
+fn a_due_device_not_heard_lately_is_found_first_then_polled() {
+    let t0 = Instant::now();
+    let mut s = started(two_polled(), t0);
+    let a = s.take_actions();
+    assert!(matches!(a.last(), Some(Action::StartScan)), "{a:?}");
+    assert!(
+        polls(&a).is_empty(),
+        "BlueZ may have forgotten them: find first"
+    );
+    s.heard(heard(A), t0 + Duration::from_millis(300));
+    assert_eq!(polls(&s.take_actions()), vec![mac(A)]);
+    s.heard(heard(B), t0 + Duration::from_millis(400));
+    let a = s.take_actions();
+    assert!(polls(&a).is_empty(), "one connection slot, held by A");
+    assert!(
+        matches!(a.last(), Some(Action::StopScan)),
+        "both found: no more scanning"
+    );
+    s.poll_done(mac(A), ok(A), t0 + Duration::from_secs(2));
+    let a = s.take_actions();
+    assert_eq!(polls(&a), vec![mac(B)]);
+    assert_eq!(frames(&a), 1);
+    s.poll_done(mac(B), ok(B), t0 + Duration::from_secs(3));
+    assert_eq!(frames(&s.take_actions()), 1);
+    assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(60)));
+}
+
+#[test]
+fn a_device_not_heard_within_the_connection_timeout_is_1003_without_holding_a_slot() {
+    let t0 = Instant::now();
+    let mut s = started(two_polled(), t0);
+    s.take_actions();
+    s.heard(heard(B), t0 + Duration::from_secs(1));
+    assert_eq!(polls(&s.take_actions()), vec![mac(B)]);
+    s.poll_done(mac(B), ok(B), t0 + Duration::from_secs(2));
+    s.take_actions();
+    s.tick(t0 + Duration::from_secs(30));
+    assert_eq!(failures(&s.take_actions()), vec![(mac(A), 1003)]);
+    assert_eq!(s.connections(), 0);
+}
+
+#[test]
+fn retries_back_off_and_the_cycle_ends_in_one_report() {
+    let t0 = Instant::now();
+    let mut s = started(two_polled(), t0);
+    s.heard(heard(A), t0);
+    s.heard(heard(B), t0);
+    s.take_actions();
+    let mut now = t0;
+    let mut reports = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        now += Duration::from_secs(1);
+        s.poll_done(mac(A), failed(LinkError::Timeout), now);
+        let a = s.take_actions();
+        reports.extend(failures(&a));
+        if attempt == 1 {
+            assert_eq!(polls(&a), vec![mac(B)], "B gets the slot while A waits");
+            s.poll_done(mac(B), ok(B), now);
+            s.take_actions();
+        }
+        if attempt < ATTEMPTS {
+            let retry = s.next_deadline().unwrap();
+            assert!(retry > now);
+            now = retry;
+            s.heard(heard(A), now);
+            s.tick(now);
+            assert_eq!(polls(&s.take_actions()), vec![mac(A)]);
+        }
+    }
+    assert_eq!(reports, vec![(mac(A), 1001)]);
+}
+
+#[test]
+fn periodic_interval_zero_means_no_periodic_scans() {
+    let t0 = Instant::now();
+    let c = config("[discovery]\nperiodic_interval = 0\nscan_duration = 5\n");
+    let mut s = started(c, t0);
+    assert!(matches!(s.take_actions().last(), Some(Action::StartScan)));
+    let end = s.next_deadline().unwrap();
+    assert_eq!(end, t0 + Duration::from_secs(5));
+    s.tick(end);
+    assert!(matches!(s.take_actions().last(), Some(Action::StopScan)));
+    assert_eq!(s.next_deadline(), None, "idle: nothing left to wait for");
+}
+
+#[test]
+fn passive_readings_come_from_the_newest_advert_only_at_most_once_per_interval() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 10\n"
+    ));
+    let mut s = started(c, t0);
+    s.take_actions();
+    // BlueZ's cache holds old adverts: never a reading.
+    let mut cached = heard(A);
+    cached.manufacturer = vec![bm6_advert(A, 13.51), bm6_advert(A, 13.40)];
+    s.heard(cached.clone(), t0);
+    assert_eq!(frames(&s.take_actions()), 0);
+    // A change carries the merged map: only the new entry counts.
+    let mut change = cached.clone();
+    change.fresh = true;
+    change.manufacturer.push(bm6_advert(A, 12.90));
+    s.heard(change.clone(), t0 + Duration::from_secs(1));
+    let a = s.take_actions();
+    let data: Vec<Vec<u8>> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Emit(BleEvent::Frame(f)) => Some(f.data.clone()),
+            _ => None,
+        })
+        .collect();
+    let (cid, v) = bm6_advert(A, 12.90);
+    let mut expected = cid.to_le_bytes().to_vec();
+    expected.extend(v);
+    assert_eq!(data, vec![expected]);
+    change.manufacturer = vec![bm6_advert(A, 12.80)];
+    s.heard(change.clone(), t0 + Duration::from_secs(5));
+    assert_eq!(
+        frames(&s.take_actions()),
+        0,
+        "throttled to one per interval"
+    );
+    s.heard(change, t0 + Duration::from_secs(12));
+    assert_eq!(frames(&s.take_actions()), 1);
+}
+
+#[test]
+fn a_passive_device_that_broadcasts_no_reading_says_so() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 10\n"
+    ));
+    let mut s = started(c, t0);
+    s.take_actions();
+    let mut h = heard(A);
+    h.fresh = true;
+    s.heard(h.clone(), t0 + Duration::from_secs(29));
+    s.tick(t0 + Duration::from_secs(30));
+    assert_eq!(failures(&s.take_actions()), vec![(mac(A), 1004)]);
+}
+
+#[test]
+fn only_confirmed_new_monitors_are_adopted_and_removed_ones_never_again() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\n[discovery]\nmax_auto_devices = 5\n"
+    ));
+    let mut s = started(c, t0);
+    s.take_actions();
+    let adopted = |a: &[Action]| {
+        a.iter()
+            .filter(|x| matches!(x, Action::Emit(BleEvent::Notice(Notice::Adopted { .. }))))
+            .count()
+    };
+    // A name (even with fff0) is not enough.
+    let phantom = heard("11:22:33:44:55:66");
+    s.heard(phantom, t0);
+    assert_eq!(adopted(&s.take_actions()), 0);
+    // A BM6 whose advert carries its own address is confirmed: adopted, passive by default.
+    let mut real = heard(B);
+    real.manufacturer = vec![bm6_advert(B, 12.7)];
+    s.heard(real.clone(), t0);
+    assert_eq!(adopted(&s.take_actions()), 1);
+    assert!(
+        s.targets()
+            .any(|(m, mode)| m == mac(B) && mode == Mode::Passive)
+    );
+    // A reload removes A: never adopted again, however it is heard.
+    s.reconfigure(config(""), t0 + Duration::from_secs(1));
+    s.take_actions();
+    let mut a_again = heard(A);
+    a_again.manufacturer = vec![bm6_advert(A, 12.7)];
+    s.heard(a_again, t0 + Duration::from_secs(100));
+    assert_eq!(adopted(&s.take_actions()), 0);
+    assert!(!s.is_target(mac(A)));
+}
+
+#[test]
+fn foreign_devices_are_classified_once() {
+    let t0 = Instant::now();
+    let mut s = started(config(""), t0);
+    let phone = mac("06:F0:00:00:00:01");
+    assert!(s.wants_details(phone, t0));
+    s.heard(
+        Heard {
+            mac: phone,
+            manufacturer: vec![(76, vec![0x10, 5, 1])],
+            ..Heard::default()
+        },
+        t0,
+    );
+    assert!(!s.wants_details(phone, t0 + Duration::from_secs(1)));
+}
+
+#[test]
+fn auto_configured_monitors_are_forgotten_after_forget_after() {
+    let t0 = Instant::now();
+    let c = config("[discovery]\nforget_after = 600\n");
+    let mut s = Scheduler::new(
+        c,
+        vec![(mac(B), Model::by_name("BM6"))],
+        HashSet::from([mac(B)]),
+        t0,
+    );
+    s.adapter_available(BluetoothState::Active, t0);
+    s.take_actions();
+    s.tick(t0 + Duration::from_secs(600));
+    let a = s.take_actions();
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Emit(BleEvent::Notice(Notice::Forgotten { .. }))))
+    );
+    assert!(!s.is_target(mac(B)));
+}
+
+#[test]
+fn a_reload_reopens_only_streams_whose_settings_changed() {
+    let t0 = Instant::now();
+    let text = |interval: u64| {
+        format!(
+            "[discovery]\ninitial_scan = false\n[bluetooth]\nmax_concurrent_connections = 2\n\
+             [[device]]\nmac = \"{A}\"\ntype = \"BM2\"\nmode = \"stream\"\npoll_interval = 5\n\
+             [[device]]\nmac = \"{B}\"\ntype = \"BM2\"\nmode = \"stream\"\npoll_interval = {interval}\n"
+        )
+    };
+    let mut s = started(config(&text(5)), t0);
+    s.heard(heard(A), t0);
+    s.heard(heard(B), t0);
+    let opened = s
+        .take_actions()
+        .iter()
+        .filter(|a| matches!(a, Action::OpenStream { .. }))
+        .count();
+    assert_eq!(opened, 2);
+    s.reconfigure(config(&text(5)), t0 + Duration::from_secs(1));
+    let a = s.take_actions();
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::CloseStream { .. } | Action::OpenStream { .. })),
+        "nothing changed: {a:?}"
+    );
+    s.reconfigure(config(&text(9)), t0 + Duration::from_secs(2));
+    let links: Vec<(bool, Mac)> = s
+        .take_actions()
+        .iter()
+        .filter_map(|x| match x {
+            Action::CloseStream { mac } => Some((false, *mac)),
+            Action::OpenStream { mac, interval, .. } => {
+                assert_eq!(*interval, Duration::from_secs(9));
+                Some((true, *mac))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(links, vec![(false, mac(B)), (true, mac(B))]);
+    s.stop();
+    let closed = s
+        .take_actions()
+        .iter()
+        .filter(|x| matches!(x, Action::CloseStream { .. }))
+        .count();
+    assert_eq!(closed, 2, "stop closes every open link");
+}
+
+#[test]
+fn a_dropped_stream_is_reported_and_reopened_with_backoff() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM2\"\nmode = \"stream\"\n"
+    ));
+    let mut s = started(c, t0);
+    s.heard(heard(A), t0);
+    s.take_actions();
+    s.stream_ended(
+        mac(A),
+        LinkError::Failed("lost".into()),
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(failures(&s.take_actions()), vec![(mac(A), 1002)]);
+    assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(2)));
+}
+
+/// Inputs for the property test.
+#[derive(Debug, Clone)]
+enum Input {
+    Wait(u64),
+    Heard(usize),
+    PollOk,
+    PollFail(u8),
+    StreamEnd(usize),
+    Lost,
+    Back,
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        (0u64..120_000).prop_map(Input::Wait),
+        (0usize..4).prop_map(Input::Heard),
+        Just(Input::PollOk),
+        (0u8..5).prop_map(Input::PollFail),
+        (0usize..4).prop_map(Input::StreamEnd),
+        Just(Input::Lost),
+        Just(Input::Back),
+    ]
+}
+
+const MACS: [&str; 4] = [A, B, "AA:BB:CC:00:00:03", "AA:BB:CC:00:00:04"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// For any sequence of events: the next deadline is in the future (or the scheduler waits for an
+    /// event), never more connections than the limit, and a device that keeps answering is polled within
+    /// its interval plus the time the others hold the slot.
+    #[test]
+    fn never_spins_and_never_exceeds_the_connection_limit(
+        inputs in proptest::collection::vec(input(), 1..200),
+        limit in 1u32..3,
+        periodic in 0u64..3,
+    ) {
+        let t0 = Instant::now();
+        let c = config(&format!(
+            "[bluetooth]\nmax_concurrent_connections = {limit}\nconnection_timeout = 10\n\
+             [discovery]\nperiodic_interval = {}\nscan_duration = 3\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM6\"\npoll_interval = 30\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM6\"\npoll_interval = 45\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM2\"\nmode = \"passive\"\npoll_interval = 20\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM2\"\nmode = \"stream\"\npoll_interval = 5\n",
+            periodic * 100, MACS[0], MACS[1], MACS[2], MACS[3]
+        ));
+        let mut s = started(c, t0);
+        let mut now = t0;
+        let mut in_flight: Vec<Mac> = Vec::new();
+        for i in inputs {
+            match i {
+                Input::Wait(ms) => {
+                    now += Duration::from_millis(ms);
+                    s.tick(now);
+                }
+                Input::Heard(n) => s.heard(heard(MACS[n]), now),
+                Input::PollOk => {
+                    if let Some(m) = in_flight.pop() {
+                        s.poll_done(m, ok(&m.to_string()), now);
+                    }
+                }
+                Input::PollFail(k) => {
+                    if let Some(m) = in_flight.pop() {
+                        let e = [LinkError::Timeout, LinkError::NotFound, LinkError::Busy,
+                                 LinkError::NoData, LinkError::Failed("x".into())][k as usize].clone();
+                        s.poll_done(m, failed(e), now);
+                    }
+                }
+                Input::StreamEnd(n) => s.stream_ended(mac(MACS[n]), LinkError::Timeout, now),
+                Input::Lost => { in_flight.clear(); s.adapter_lost(now) }
+                Input::Back => s.adapter_available(BluetoothState::Active, now),
+            }
+            for a in s.take_actions() {
+                if let Action::Poll { mac, .. } = a {
+                    in_flight.push(mac);
+                }
+            }
+            prop_assert!(s.connections() <= limit as usize);
+            if let Some(d) = s.next_deadline() {
+                prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+            }
+        }
+    }
+
+    /// A reachable polled monitor that always answers is read within its interval plus the connection
+    /// time of the others (here: every other device's poll takes 2 s).
+    #[test]
+    fn every_reachable_monitor_is_read_on_time(limit in 1u32..3, others in 0usize..3) {
+        let t0 = Instant::now();
+        let mut text = format!(
+            "[bluetooth]\nmax_concurrent_connections = {limit}\n[discovery]\ninitial_scan = false\n"
+        );
+        for m in MACS.iter().take(others + 1) {
+            text += &format!("[[device]]\nmac = \"{m}\"\ntype = \"BM6\"\npoll_interval = 30\n");
+        }
+        let mut s = started(config(&text), t0);
+        let mut now = t0;
+        let mut read_at: BTreeMap<Mac, Vec<Instant>> = BTreeMap::new();
+        let mut in_flight: Vec<(Instant, Mac)> = Vec::new();
+        while now < t0 + Duration::from_secs(300) {
+            for m in MACS.iter().take(others + 1) {
+                s.heard(heard(m), now);
+            }
+            for a in s.take_actions() {
+                if let Action::Poll { mac, .. } = a {
+                    in_flight.push((now + Duration::from_secs(2), mac));
+                }
+            }
+            in_flight.sort();
+            let next_done = in_flight.first().map(|(t, _)| *t);
+            let next = [s.next_deadline(), next_done, Some(now + Duration::from_secs(5))]
+                .into_iter().flatten().min().unwrap();
+            now = next;
+            if let Some((t, m)) = in_flight.first().copied() && t <= now {
+                in_flight.remove(0);
+                s.poll_done(m, ok(&m.to_string()), now);
+                read_at.entry(m).or_default().push(now);
+            }
+            s.tick(now);
+        }
+        let bound = Duration::from_secs(30) + Duration::from_secs(2) * (others as u32 + 1);
+        for (m, times) in read_at {
+            for w in times.windows(2) {
+                prop_assert!(w[1] - w[0] <= bound, "{m}: {:?} between reads", w[1] - w[0]);
+            }
+        }
+    }
+}
