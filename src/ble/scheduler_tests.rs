@@ -425,7 +425,7 @@ proptest! {
     #[test]
     fn never_spins_and_never_exceeds_the_connection_limit(
         inputs in proptest::collection::vec(input(), 1..200),
-        limit in 1u32..3,
+        limit in 2u32..4,
         periodic in 0u64..3,
     ) {
         let t0 = Instant::now();
