@@ -176,7 +176,7 @@ pub(super) async fn sighting(device: &Device, mac: Mac) -> Sighting {
         .map(|m| m.into_iter().collect())
         .unwrap_or_default();
     manufacturer_data.sort();
-    let service_uuids = device
+    let service_uuids: Vec<String> = device
         .uuids()
         .await
         .ok()
@@ -185,7 +185,8 @@ pub(super) async fn sighting(device: &Device, mac: Mac) -> Sighting {
         .unwrap_or_default();
     Sighting {
         mac,
-        model: devices::classify(mac, name.as_deref(), &manufacturer_data),
+        model: devices::classify(mac, name.as_deref(), &service_uuids, &manufacturer_data)
+            .map(|i| i.model),
         name,
         rssi,
         service_uuids,

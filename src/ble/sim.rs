@@ -48,13 +48,11 @@ impl Monitor {
             mode: d.mode.unwrap_or(default_mode),
             name: d.name.clone(),
             state: Measurement {
-                voltage,
+                voltage: Some(voltage),
                 temperature: model
                     .measures_temperature()
                     .then(|| 15.0 + rng.f64() * 10.0),
-                state_of_charge: None,
-                state: None,
-                counters: Vec::new(),
+                ..Measurement::default()
             },
             rng,
         };
@@ -65,7 +63,8 @@ impl Monitor {
     /// One step of the random walk.
     fn drift(&mut self) {
         let s = &mut self.state;
-        s.voltage = (s.voltage + (self.rng.f64() - 0.5) * 0.02).clamp(11.6, 13.6);
+        let step = (self.rng.f64() - 0.5) * 0.02;
+        s.voltage = s.voltage.map(|v| (v + step).clamp(11.6, 13.6));
         if let Some(t) = s.temperature.as_mut() {
             *t = (*t + (self.rng.f64() - 0.5) * 0.4).clamp(-10.0, 40.0);
         }
@@ -81,17 +80,11 @@ impl Monitor {
     /// Derive SoC, state and counters from the voltage, as the monitor would.
     fn settle(&mut self) {
         let s = &mut self.state;
-        s.voltage = (s.voltage * 100.0).round() / 100.0;
+        let v = (s.voltage.unwrap_or(12.6) * 100.0).round() / 100.0;
+        s.voltage = Some(v);
         s.temperature = s.temperature.map(f64::round);
-        s.state_of_charge = Some(((s.voltage - 11.8) / 1.0 * 100.0).clamp(0.0, 100.0).round());
-        s.state = Some(
-            match s.voltage {
-                v if v < 12.0 => "low_voltage",
-                v if v > 13.2 => "charging",
-                _ => "normal",
-            }
-            .to_string(),
-        );
+        s.state_of_charge = Some(((v - 11.8) / 1.0 * 100.0).clamp(0.0, 100.0).round());
+        s.state = Some(if v > 13.2 { "charging" } else { "not_charging" }.to_string());
         if s.counters.is_empty() {
             s.counters = vec![("rapid_acceleration", 0), ("rapid_deceleration", 0)];
         }
@@ -117,11 +110,9 @@ impl Monitor {
     /// What a scan would report for this monitor.
     fn sighting(&mut self, mac: Mac) -> Sighting {
         let mut manufacturer_data = Vec::new();
-        if let Some(uuid) = self.model.ibeacon_uuid() {
-            let mut beacon = vec![0x02, 0x15];
-            beacon.extend(devices::parse_hex(&uuid.replace('-', "")).unwrap_or_default());
-            beacon.extend([0, 0, 0, 0, 0xc5]);
-            manufacturer_data.push((76, beacon));
+        let soc = self.state.state_of_charge.unwrap_or(0.0) as u8;
+        if let Some(beacon) = devices::ibeacon_payload(self.model, soc) {
+            manufacturer_data.push((devices::APPLE, beacon));
         }
         if let Some(plain) = self.model.encode_advert(&self.state, mac) {
             let f = devices::encrypt_frame(self.model, &plain);
@@ -305,10 +296,10 @@ mod tests {
                 let BleEvent::Frame(frame) = produce(d.mac, &mut m, 0.0) else {
                     panic!("no frame");
                 };
-                let Some(FleetEvent::Reading(r)) = decode(frame) else {
+                let Some(FleetEvent::Reading(r)) = decode(frame).events.pop() else {
                     panic!("{model} {mode:?} frame did not decode");
                 };
-                assert!((11.5..=13.7).contains(&r.measurement.voltage));
+                assert!((11.5..=13.7).contains(&r.measurement.voltage.unwrap()));
                 assert_eq!(r.model.name(), model);
             }
         }

@@ -187,7 +187,7 @@ impl Renderer {
         let body = ReadingBody {
             device_id: d.mac.to_string(),
             timestamp: timestamp(d.received_at),
-            voltage: rounded(Some(m.voltage)),
+            voltage: rounded(m.voltage),
             current: (),
             temperature: rounded(m.temperature),
             state_of_charge: rounded(m.state_of_charge),
@@ -362,7 +362,7 @@ impl Renderer {
                     "model": model_or_null(s.model),
                     "name": s.name,
                     "rssi": s.rssi,
-                    "voltage": num(m.as_ref().map(|m| m.voltage)),
+                    "voltage": num(m.as_ref().and_then(|m| m.voltage)),
                     "state_of_charge": num(m.as_ref().and_then(|m| m.state_of_charge)),
                 })
             })
@@ -405,21 +405,23 @@ mod tests {
     #[test]
     fn reading_matches_the_spec_example() {
         let r = Renderer::new("battery_hawk", "garage", 1);
-        let plain: [u8; 16] = crate::devices::parse_hex("d155070019005004f600000000000000")
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let plain = crate::devices::parse_hex("d155070019005004f600000000000000").unwrap();
         let m = r.reading(&ReadingOut {
             reading: DecodedReading {
                 mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
                 model: Model::by_name("BM6").unwrap(),
                 source: Source::Gatt,
                 measurement: Measurement {
-                    voltage: 12.6,
+                    voltage: Some(12.6),
                     temperature: Some(25.0),
                     state_of_charge: Some(85.0),
-                    state: Some("normal".into()),
-                    counters: vec![("rapid_acceleration", 0), ("rapid_deceleration", 0)],
+                    state: Some("not_charging".into()),
+                    counters: vec![
+                        ("status_code", 0),
+                        ("rapid_acceleration", 0),
+                        ("rapid_deceleration", 0),
+                    ],
+                    dropped_temperature: None,
                 },
                 plain,
                 rssi: Some(-67),
@@ -434,7 +436,7 @@ mod tests {
             r#"{"device_id":"AA:BB:CC:DD:EE:FF","timestamp":"2024-01-15T10:30:00.000Z","voltage":12.6,"current":null,
  "temperature":25.0,"state_of_charge":85.0,"capacity":100.0,"cycles":null,"power":null,
  "vehicle_id":"my_vehicle","device_type":"BM6","gateway_id":"garage",
- "extra":{"state":"normal","rapid_acceleration":0,"rapid_deceleration":0,"rssi":-67,"source":"gatt",
+ "extra":{"state":"not_charging","status_code":0,"rapid_acceleration":0,"rapid_deceleration":0,"rssi":-67,"source":"gatt",
           "raw_data":"d155070019005004f600000000000000"}}"#,
         )
         .unwrap();
