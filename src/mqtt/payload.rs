@@ -450,6 +450,37 @@ mod tests {
     }
 
     #[test]
+    fn an_ibeacon_reading_has_a_null_voltage() {
+        let r = Renderer::new("battery_hawk", "garage", 1);
+        let value =
+            crate::devices::parse_hex("0215655f83caae16a10a702e31f30d58dd82f441423144").unwrap();
+        let m = r.reading(&ReadingOut {
+            reading: DecodedReading {
+                mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
+                model: Model::by_name("BM2").unwrap(),
+                source: Source::Ibeacon,
+                measurement: Measurement {
+                    state_of_charge: Some(68.0),
+                    ..Measurement::default()
+                },
+                plain: value,
+                rssi: Some(-80),
+                received_at: at(),
+            },
+            vehicle_id: None,
+            capacity_ah: None,
+        });
+        let v = parse(&m);
+        assert!(v["voltage"].is_null() && v["temperature"].is_null());
+        assert_eq!(v["state_of_charge"], 68.0);
+        assert_eq!(v["extra"]["source"], "ibeacon");
+        assert_eq!(
+            v["extra"]["raw_data"],
+            "0215655f83caae16a10a702e31f30d58dd82f441423144"
+        );
+    }
+
+    #[test]
     fn device_status_with_error() {
         let r = Renderer::new("p", "g", 0);
         let m = r.device_status(&DeviceStatusOut {
