@@ -84,6 +84,25 @@ proptest! {
     }
 
     #[test]
+    fn a_name_alone_never_confirms_and_never_counts_without_fff0(
+        name in prop::sample::select(vec!["Battery Monitor", "Battery Guard", "BM6", "BM7", "BM300 Pro", "ZX-1689", "x"]),
+        cid in any::<u16>(),
+        value in proptest::collection::vec(any::<u8>(), 0..=30),
+        mac in any::<[u8; 6]>(),
+    ) {
+        let mfr = [(cid, value)];
+        if let Some(id) = devices::classify(Mac(mac), Some(name), &[], &mfr) {
+            prop_assert!(id.confirmed(), "{:?}", id);
+        }
+        let uuids = vec![devices::SERVICE_UUID.to_string()];
+        if let Some(id) = devices::classify(Mac(mac), Some(name), &uuids, &mfr)
+            && !id.confirmed()
+        {
+            prop_assert_eq!(devices::identify_by_name(name), Some(id.model));
+        }
+    }
+
+    #[test]
     fn any_config_text_parses_or_gives_an_error(text in "\\PC{0,200}") {
         let _ = Config::from_toml(&text, Path::new("fuzz.toml"), Vec::new());
     }
