@@ -98,10 +98,10 @@ fn main() {
         model: bm6,
         source: Source::Gatt,
         measurement: Measurement {
-            voltage: 12.0 + (i % 50) as f64 / 100.0,
+            voltage: Some(12.0 + (i % 50) as f64 / 100.0),
             ..measurement.clone()
         },
-        plain,
+        plain: plain.clone(),
         rssi: Some(-60),
         received_at: Utc::now(),
     };

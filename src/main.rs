@@ -279,13 +279,10 @@ fn decode(model: &str, advertisement: bool, mac: Option<&str>, hex: &str) -> Res
         .map_err(|e| anyhow!("{model} frame {hex}: {e}"))?;
     let measurement = match decoded {
         Decoded::Reading(m) => m,
-        Decoded::Echo => bail!(
-            "{model} frame {}: an echo of the request, not a reading",
-            devices::to_hex(&plain)
-        ),
-        Decoded::Version => bail!(
-            "{model} frame {}: a firmware version reply, not a reading",
-            devices::to_hex(&plain)
+        Decoded::NotReading(kind) => bail!(
+            "{model} frame {}: a {} frame, not a reading",
+            devices::to_hex(&plain),
+            kind.as_str()
         ),
     };
     let gateway = Config::default().gateway.id;
@@ -358,17 +355,25 @@ fn scan(path: &Path, adapter: Option<String>, duration: Duration, json: bool) ->
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<17}  {:<5}  {:>4}  {:>7}  {:>4}  NAME",
-        "ADDRESS", "MODEL", "RSSI", "VOLTAGE", "SOC"
+        "{:<17}  {:<5}  {:<11}  {:>4}  {:>7}  {:>4}  NAME",
+        "ADDRESS", "MODEL", "IDENTIFIED", "RSSI", "VOLTAGE", "SOC"
     );
     for (s, m) in &rows {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<17}  {:<5}  {:>4}  {:>7}  {:>4}  {}",
+            "{:<17}  {:<5}  {:<11}  {:>4}  {:>7}  {:>4}  {}",
             s.mac,
             s.model.map_or("?", |m| m.name()),
+            if s.confirmed {
+                "confirmed"
+            } else {
+                "unconfirmed"
+            },
             opt(s.rssi.map(|r| r.to_string())),
-            opt(m.as_ref().map(|m| format!("{:.2} V", m.voltage))),
+            opt(m
+                .as_ref()
+                .and_then(|m| m.voltage)
+                .map(|v| format!("{v:.2} V"))),
             opt(m
                 .as_ref()
                 .and_then(|m| m.state_of_charge)
@@ -377,7 +382,8 @@ fn scan(path: &Path, adapter: Option<String>, duration: Duration, json: bool) ->
         );
     }
     eprintln!(
-        "{} monitor(s) found in {} s",
+        "{} monitor(s) found in {} s (unconfirmed: only the name and service suggest the model; a \
+         successful `read` confirms it)",
         rows.len(),
         duration.as_secs()
     );
@@ -397,7 +403,14 @@ fn read(path: &Path, mac: &str, device_type: Option<&str>, json: bool) -> Result
     });
     let frame = battery_hawk::ble::read(&config, mac, model)
         .map_err(|e| anyhow!("{mac}: error {}: {}", e.code(), e.message()))?;
-    let Some(FleetEvent::Reading(reading)) = battery_hawk::decode::decode(frame) else {
+    let reading = battery_hawk::decode::decode(frame)
+        .events
+        .into_iter()
+        .find_map(|e| match e {
+            FleetEvent::Reading(r) => Some(r),
+            _ => None,
+        });
+    let Some(reading) = reading else {
         bail!("{mac}: error 1005: the monitor's frame did not decode");
     };
     if json {
@@ -410,7 +423,7 @@ fn read(path: &Path, mac: &str, device_type: Option<&str>, json: bool) -> Result
         println!("{}", String::from_utf8_lossy(&message.payload));
     } else {
         let m = &reading.measurement;
-        let mut parts = vec![format!("{:.2} V", m.voltage)];
+        let mut parts: Vec<String> = m.voltage.map(|v| format!("{v:.2} V")).into_iter().collect();
         parts.extend(m.state_of_charge.map(|s| format!("{s:.0} %")));
         parts.extend(m.temperature.map(|t| format!("{t:.0} °C")));
         parts.extend(m.state.clone());

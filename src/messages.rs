@@ -5,7 +5,7 @@
 //! ```
 
 use crate::config::{Config, Mode};
-use crate::devices::{Measurement, Model, Source};
+use crate::devices::{DecodeError, Measurement, Model, Source};
 use crate::mac::Mac;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -23,11 +23,11 @@ pub enum BleEvent {
 #[derive(Debug, Clone)]
 pub enum FleetEvent {
     Reading(DecodedReading),
-    /// A frame that failed to decrypt or validate (SPEC §2.2 code 1005).
+    /// A frame (or one block of a notification) that failed to decrypt or validate (SPEC §2.2 code 1005).
     Rejected {
         mac: Mac,
         model: Model,
-        why: String,
+        reason: DecodeError,
     },
     Notice(Notice),
 }
@@ -72,8 +72,8 @@ pub struct DecodedReading {
     pub model: Model,
     pub source: Source,
     pub measurement: Measurement,
-    /// The decrypted frame (published as `extra.raw_data`).
-    pub plain: [u8; 16],
+    /// The decrypted block, or the iBeacon value as received (published as `extra.raw_data`).
+    pub plain: Vec<u8>,
     pub rssi: Option<i16>,
     pub received_at: DateTime<Utc>,
 }

@@ -29,11 +29,11 @@ fn model(name: &str) -> Model {
 fn gatt(name: &str, volts: f64, soc: f64) -> String {
     let m = model(name);
     let plain = m.encode_gatt(&Measurement {
-        voltage: volts,
+        voltage: Some(volts),
         temperature: Some(21.0),
         state_of_charge: Some(soc),
-        state: Some("normal".into()),
-        counters: vec![],
+        state: Some("not_charging".into()),
+        ..Measurement::default()
     });
     to_hex(&devices::encrypt_frame(m, &plain))
 }
@@ -133,7 +133,7 @@ fn a_bm6_poll_writes_the_encrypted_request_skips_the_echo_and_reads_exactly() {
     assert_eq!(v["voltage"], 12.7);
     assert_eq!(v["temperature"], 25.0);
     assert_eq!(v["state_of_charge"], 80.0);
-    assert_eq!(v["extra"]["state"], "normal");
+    assert_eq!(v["extra"]["state"], "not_charging");
     assert_eq!(v["extra"]["source"], "gatt");
     assert_eq!(v["extra"]["raw_data"], "d155070019005004f600000000000000");
     // Without --type the model comes from the advertisement.

@@ -114,7 +114,7 @@ fn decode_prints_a_reading_for_each_spec_vector() {
         (Some(12.7), Some(25.0))
     );
     assert_eq!(v["state_of_charge"], 80.0);
-    assert_eq!(v["extra"]["state"], "normal");
+    assert_eq!(v["extra"]["state"], "not_charging");
 
     let o = run(&[
         "decode",

@@ -30,6 +30,9 @@ pub const MIN_GAP: Duration = Duration::from_secs(1);
 /// Bounds of the pause before a dropped stream link is opened again (doubling).
 pub const STREAM_RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const STREAM_RETRY_CAP: Duration = Duration::from_secs(60);
+/// How long a passive device must have been heard without an encrypted frame before its iBeacon is used
+/// (at most; one poll interval when that is shorter).
+pub const IBEACON_WAIT: Duration = Duration::from_secs(10);
 /// A passive device without a usable broadcast for this many poll intervals is reported (1003 or 1004).
 pub const PASSIVE_SILENCE_INTERVALS: u32 = 3;
 
@@ -115,6 +118,10 @@ struct Dev {
     last_emit: Option<Instant>,
     /// The newest manufacturer data seen from this device (to tell a new advert from a repeated one).
     last_manufacturer: Vec<(u16, Vec<u8>)>,
+    /// Passive: when the first fresh advert came, and the last one carrying an encrypted frame (a device
+    /// that sends those is never published from its iBeacon).
+    first_fresh: Option<Instant>,
+    last_encrypted: Option<Instant>,
     /// A stream frame waiting for the end of the current interval (only the newest is kept).
     pending: Option<RawFrame>,
     stream_retry: Duration,
@@ -143,6 +150,8 @@ impl Dev {
             last_heard: None,
             last_emit: None,
             last_manufacturer: Vec::new(),
+            first_fresh: None,
+            last_encrypted: None,
             pending: None,
             stream_retry: STREAM_RETRY_FIRST,
             rssi: None,
@@ -654,11 +663,29 @@ impl Scheduler {
             return;
         }
         let Some(model) = d.model else { return };
+        let first_fresh = *d.first_fresh.get_or_insert(now);
         let newest = newest_entries(&previous, &h.manufacturer);
-        let frame = newest
+        let encrypted = newest
             .iter()
             .find_map(|(cid, v)| devices::advert_frame(*cid, v));
-        let Some(frame) = frame else { return };
+        if encrypted.is_some() {
+            d.last_encrypted = Some(now);
+        }
+        // SPEC §5.4: the iBeacon (SoC only) serves a device whose broadcasts carry no encrypted frame:
+        // none since it was first heard, for at least one interval (a BM2 alternates the two).
+        let beacon_only =
+            d.last_encrypted.is_none() && now >= first_fresh + d.interval.min(IBEACON_WAIT);
+        let (source, data) = match encrypted {
+            Some(frame) => (Source::Advertisement, frame.to_vec()),
+            None if beacon_only => {
+                let entries: Vec<(u16, Vec<u8>)> = newest.into_iter().cloned().collect();
+                match devices::ibeacon_value(model, &entries) {
+                    Some(v) => (Source::Ibeacon, v.to_vec()),
+                    None => return,
+                }
+            }
+            None => return,
+        };
         if d.last_emit.is_some_and(|t| now < t + d.interval) {
             return;
         }
@@ -667,8 +694,8 @@ impl Scheduler {
         let event = BleEvent::Frame(RawFrame {
             mac,
             model,
-            source: Source::Advertisement,
-            data: frame.to_vec(),
+            source,
+            data,
             rssi: h.rssi,
             received_at: chrono::Utc::now(),
         });

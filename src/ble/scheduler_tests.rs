@@ -38,11 +38,9 @@ fn heard(m: &str) -> Heard {
 fn bm6_advert(m: &str, volts: f64) -> (u16, Vec<u8>) {
     let model = Model::by_name("BM6").unwrap();
     let meas = crate::devices::Measurement {
-        voltage: volts,
-        temperature: None,
+        voltage: Some(volts),
         state_of_charge: Some(80.0),
-        state: None,
-        counters: vec![],
+        ..Default::default()
     };
     let plain = model.encode_advert(&meas, mac(m)).unwrap();
     let f = encrypt_frame(model, &plain);
@@ -519,4 +517,72 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_passive_device_without_an_encrypted_broadcast_is_read_from_its_ibeacon() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[[device]]\nmac = \"{A}\"\ntype = \"BM2\"\nmode = \"passive\"\npoll_interval = 5\n\
+         [[device]]\nmac = \"{B}\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 5\n"
+    ));
+    let mut s = started(c, t0);
+    s.take_actions();
+    let beacon = |model: &str, soc: u8| {
+        let m = Model::by_name(model).unwrap();
+        (
+            crate::devices::APPLE,
+            crate::devices::ibeacon_payload(m, soc).unwrap(),
+        )
+    };
+    let sources = |a: &[Action]| -> Vec<(Mac, Source)> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Emit(BleEvent::Frame(f)) => Some((f.mac, f.source)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for second in 0..12u64 {
+        let now = t0 + Duration::from_secs(second);
+        let mut a = heard(A);
+        a.fresh = true;
+        a.manufacturer = vec![beacon("BM2", 60 + second as u8)];
+        s.heard(a, now);
+        // B alternates its encrypted frame and its iBeacon, as real monitors do.
+        let mut b = heard(B);
+        b.fresh = true;
+        b.manufacturer = if second % 2 == 0 {
+            vec![bm6_advert(B, 12.5 + second as f64 / 100.0)]
+        } else {
+            vec![beacon("BM6", 70)]
+        };
+        s.heard(b, now);
+        out.extend(sources(&s.take_actions()));
+    }
+    let a_sources: Vec<Source> = out
+        .iter()
+        .filter(|(m, _)| *m == mac(A))
+        .map(|x| x.1)
+        .collect();
+    let b_sources: Vec<Source> = out
+        .iter()
+        .filter(|(m, _)| *m == mac(B))
+        .map(|x| x.1)
+        .collect();
+    assert_eq!(
+        a_sources,
+        vec![Source::Ibeacon, Source::Ibeacon],
+        "after one interval, then per interval"
+    );
+    assert!(
+        b_sources.iter().all(|s| *s == Source::Advertisement),
+        "{b_sources:?}"
+    );
+    assert_eq!(
+        b_sources.len(),
+        2,
+        "at 0 s and 6 s: its adverts come every 2 s"
+    );
 }

@@ -666,11 +666,8 @@ impl fmt::Display for Config {
 
 fn probe_measurement() -> crate::devices::Measurement {
     crate::devices::Measurement {
-        voltage: 12.0,
-        temperature: None,
-        state_of_charge: None,
-        state: None,
-        counters: vec![],
+        voltage: Some(12.0),
+        ..Default::default()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::bm6::{READ_REQUEST, decode_d155, encode_d155};
 use super::crypto::leagend_key;
-use super::{DecodeError, Decoded, Measurement, Monitor};
+use super::{DecodeError, Decoded, Ibeacon, Measurement, Monitor};
 use crate::mac::Mac;
 
 pub struct Bm7;
@@ -20,9 +20,9 @@ impl Monitor for Bm7 {
         &KEY
     }
     fn advertised_names(&self) -> &'static [&'static str] {
-        &["BM7"]
+        &["BM7", "BM300 Pro"]
     }
-    fn ibeacon_uuid(&self) -> Option<&'static str> {
+    fn ibeacon(&self) -> Option<Ibeacon> {
         None
     }
     fn measures_temperature(&self) -> bool {
@@ -60,6 +60,16 @@ mod tests {
     }
 
     #[test]
+    fn ancel_bm300_pro_is_a_bm7_by_name() {
+        let m = crate::devices::identify_by_name("BM300 Pro").unwrap();
+        assert_eq!(m.name(), "BM7");
+        assert_eq!(
+            crate::devices::identify_by_name("BM7").unwrap().name(),
+            "BM7"
+        );
+    }
+
+    #[test]
     fn bm7_key_decodes_a_bm6_layout_frame() {
         let plain: [u8; 16] = parse_hex("d155070019005004f600000000000000")
             .unwrap()
@@ -68,7 +78,7 @@ mod tests {
         let bm7 = Model::by_name("BM7").unwrap();
         let mac = "00:00:00:00:00:00".parse().unwrap();
         let (_, d) = decode_frame(bm7, Source::Gatt, mac, &crypto::encrypt(&KEY, &plain)).unwrap();
-        assert_eq!(reading(d).voltage, 12.70);
+        assert_eq!(reading(d).voltage, Some(12.70));
     }
 
     #[test]

@@ -99,10 +99,10 @@ impl Fleet {
         let mut out = Vec::new();
         match event {
             FleetEvent::Reading(r) => self.on_reading(r, now, &mut out),
-            FleetEvent::Rejected { mac, model, why } => {
+            FleetEvent::Rejected { mac, model, reason } => {
                 self.counters.decode_errors += 1;
                 self.live.entry(mac).or_default().model.get_or_insert(model);
-                self.on_failure(mac, LinkError::BadData(why), now, &mut out);
+                self.on_failure(mac, LinkError::BadData(reason.to_string()), now, &mut out);
             }
             FleetEvent::Notice(Notice::PollFailed { mac, model, error }) => {
                 self.counters.connection_failures += 1;
@@ -227,7 +227,7 @@ impl Fleet {
         if r.rssi.is_some() {
             live.rssi = r.rssi;
         }
-        if r.source == Source::Advertisement {
+        if matches!(r.source, Source::Advertisement | Source::Ibeacon) {
             live.last_advert = Some(r.received_at);
         }
         let view = self.view(&r.mac);
@@ -573,7 +573,7 @@ impl Fleet {
                     name: view.name.clone(),
                     model: view.model.or(live.and_then(|l| l.model)),
                     connected: live.is_some_and(|l| l.reachable),
-                    voltage: last.map(|(m, _)| m.voltage),
+                    voltage: last.and_then(|(m, _)| m.voltage),
                     state_of_charge: last.and_then(|(m, _)| m.state_of_charge),
                     temperature: last.and_then(|(m, _)| m.temperature),
                     last_reading: last.map(|(_, t)| *t),

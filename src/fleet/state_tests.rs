@@ -24,13 +24,12 @@ fn reading(mac: &str, voltage: f64, soc: f64, source: Source) -> FleetEvent {
         model: bm6(),
         source,
         measurement: Measurement {
-            voltage,
+            voltage: Some(voltage),
             temperature: Some(20.0),
             state_of_charge: Some(soc),
-            state: None,
-            counters: vec![],
+            ..Measurement::default()
         },
-        plain: [0; 16],
+        plain: vec![0; 16],
         rssi: Some(-60),
         received_at: Utc::now(),
     })
@@ -131,7 +130,7 @@ fn failures_set_error_codes_and_count() {
     let rejected = FleetEvent::Rejected {
         mac: BM6.parse().unwrap(),
         model: bm6(),
-        why: "corrupt".into(),
+        reason: crate::devices::DecodeError::NotMine,
     };
     let out = f.handle(rejected, Utc::now());
     let Outbound::DeviceStatus(s) = &out[0] else {

@@ -8,10 +8,11 @@ pub fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-/// A device's contribution to the health score: 0 when unreachable or without a reading,
-/// else SoC/100, or 1.0 when the model reports no SoC.
+/// A device's contribution to the health score: 0 when unreachable or without a reading (neither a
+/// voltage nor a SoC: an iBeacon reading has only the SoC), else SoC/100, or 1.0 when the model reports
+/// no SoC.
 fn device_score(d: &SummaryDevice) -> f64 {
-    if !d.connected || d.voltage.is_none() {
+    if !d.connected || (d.voltage.is_none() && d.state_of_charge.is_none()) {
         return 0.0;
     }
     d.state_of_charge.map_or(1.0, |s| s / 100.0)
@@ -126,6 +127,30 @@ mod tests {
             Utc::now(),
         );
         assert_eq!((s.health_score, s.overall_health), (0.0, "poor"));
+    }
+
+    #[test]
+    fn an_ibeacon_reading_counts_its_soc_but_not_in_the_average_voltage() {
+        let s = summarize(
+            "v",
+            "v",
+            vec![
+                dev(1, true, Some(12.6), Some(80.0)),
+                dev(2, true, None, Some(60.0)),
+            ],
+            0.0,
+            Utc::now(),
+        );
+        assert_eq!(s.average_voltage, Some(12.6));
+        assert_eq!((s.health_score, s.overall_health), (0.7, "good"));
+        let s = summarize(
+            "v",
+            "v",
+            vec![dev(1, true, None, Some(60.0))],
+            0.0,
+            Utc::now(),
+        );
+        assert_eq!((s.average_voltage, s.health_score), (None, 0.6));
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Renderer {
         let body = ReadingBody {
             device_id: d.mac.to_string(),
             timestamp: timestamp(d.received_at),
-            voltage: rounded(Some(m.voltage)),
+            voltage: rounded(m.voltage),
             current: (),
             temperature: rounded(m.temperature),
             state_of_charge: rounded(m.state_of_charge),
@@ -360,9 +360,10 @@ impl Renderer {
                 json!({
                     "address": s.mac.to_string(),
                     "model": model_or_null(s.model),
+                    "confirmed": s.confirmed,
                     "name": s.name,
                     "rssi": s.rssi,
-                    "voltage": num(m.as_ref().map(|m| m.voltage)),
+                    "voltage": num(m.as_ref().and_then(|m| m.voltage)),
                     "state_of_charge": num(m.as_ref().and_then(|m| m.state_of_charge)),
                 })
             })
@@ -405,21 +406,23 @@ mod tests {
     #[test]
     fn reading_matches_the_spec_example() {
         let r = Renderer::new("battery_hawk", "garage", 1);
-        let plain: [u8; 16] = crate::devices::parse_hex("d155070019005004f600000000000000")
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let plain = crate::devices::parse_hex("d155070019005004f600000000000000").unwrap();
         let m = r.reading(&ReadingOut {
             reading: DecodedReading {
                 mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
                 model: Model::by_name("BM6").unwrap(),
                 source: Source::Gatt,
                 measurement: Measurement {
-                    voltage: 12.6,
+                    voltage: Some(12.6),
                     temperature: Some(25.0),
                     state_of_charge: Some(85.0),
-                    state: Some("normal".into()),
-                    counters: vec![("rapid_acceleration", 0), ("rapid_deceleration", 0)],
+                    state: Some("not_charging".into()),
+                    counters: vec![
+                        ("status_code", 0),
+                        ("rapid_acceleration", 0),
+                        ("rapid_deceleration", 0),
+                    ],
+                    dropped_temperature: None,
                 },
                 plain,
                 rssi: Some(-67),
@@ -434,7 +437,7 @@ mod tests {
             r#"{"device_id":"AA:BB:CC:DD:EE:FF","timestamp":"2024-01-15T10:30:00.000Z","voltage":12.6,"current":null,
  "temperature":25.0,"state_of_charge":85.0,"capacity":100.0,"cycles":null,"power":null,
  "vehicle_id":"my_vehicle","device_type":"BM6","gateway_id":"garage",
- "extra":{"state":"normal","rapid_acceleration":0,"rapid_deceleration":0,"rssi":-67,"source":"gatt",
+ "extra":{"state":"not_charging","status_code":0,"rapid_acceleration":0,"rapid_deceleration":0,"rssi":-67,"source":"gatt",
           "raw_data":"d155070019005004f600000000000000"}}"#,
         )
         .unwrap();
@@ -444,6 +447,37 @@ mod tests {
             text,
             expected.to_string(),
             "compact, in the spec's key order"
+        );
+    }
+
+    #[test]
+    fn an_ibeacon_reading_has_a_null_voltage() {
+        let r = Renderer::new("battery_hawk", "garage", 1);
+        let value =
+            crate::devices::parse_hex("0215655f83caae16a10a702e31f30d58dd82f441423144").unwrap();
+        let m = r.reading(&ReadingOut {
+            reading: DecodedReading {
+                mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
+                model: Model::by_name("BM2").unwrap(),
+                source: Source::Ibeacon,
+                measurement: Measurement {
+                    state_of_charge: Some(68.0),
+                    ..Measurement::default()
+                },
+                plain: value,
+                rssi: Some(-80),
+                received_at: at(),
+            },
+            vehicle_id: None,
+            capacity_ah: None,
+        });
+        let v = parse(&m);
+        assert!(v["voltage"].is_null() && v["temperature"].is_null());
+        assert_eq!(v["state_of_charge"], 68.0);
+        assert_eq!(v["extra"]["source"], "ibeacon");
+        assert_eq!(
+            v["extra"]["raw_data"],
+            "0215655f83caae16a10a702e31f30d58dd82f441423144"
         );
     }
 

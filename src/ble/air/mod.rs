@@ -17,7 +17,7 @@ mod monitor;
 use super::radio::{Radio, RadioEvent};
 use super::scheduler::{Action, Heard, PollOutcome};
 use crate::config::{Broadcasts, Config, OUT_OF_RANGE, SimMonitor};
-use crate::devices::{SERVICE_UUID, Source};
+use crate::devices::{APPLE, SERVICE_UUID, Source};
 use crate::mac::Mac;
 use crate::messages::{BluetoothState, LinkError, RawFrame};
 use monitor::Monitor;
@@ -163,13 +163,13 @@ impl Air {
             (Some(f), Some(b)) => {
                 p.beacon_next = !p.beacon_next;
                 if p.beacon_next {
-                    Some((76, b))
+                    Some((APPLE, b))
                 } else {
                     Some((u16::from_le_bytes([f[0], f[1]]), f[2..].to_vec()))
                 }
             }
             (Some(f), None) => Some((u16::from_le_bytes([f[0], f[1]]), f[2..].to_vec())),
-            (None, Some(b)) => Some((76, b)),
+            (None, Some(b)) => Some((APPLE, b)),
             (None, None) => None,
         };
         let rssi = p.behaviour.rssi + self.rng.i16(-3..=3);

@@ -31,13 +31,11 @@ impl Monitor {
         let mut m = Monitor {
             model,
             state: Measurement {
-                voltage,
+                voltage: Some(voltage),
                 temperature: model
                     .measures_temperature()
                     .then(|| 15.0 + rng.f64() * 10.0),
-                state_of_charge: None,
-                state: None,
-                counters: Vec::new(),
+                ..Measurement::default()
             },
             rng,
         };
@@ -48,7 +46,8 @@ impl Monitor {
     /// One step of the random walk.
     pub fn drift(&mut self) {
         let s = &mut self.state;
-        s.voltage = (s.voltage + (self.rng.f64() - 0.5) * 0.02).clamp(11.6, 13.6);
+        let step = (self.rng.f64() - 0.5) * 0.02;
+        s.voltage = s.voltage.map(|v| (v + step).clamp(11.6, 13.6));
         if let Some(t) = s.temperature.as_mut() {
             *t = (*t + (self.rng.f64() - 0.5) * 0.4).clamp(-10.0, 40.0);
         }
@@ -64,17 +63,11 @@ impl Monitor {
     /// Derive SoC, state and counters from the voltage, as the monitor would.
     fn settle(&mut self) {
         let s = &mut self.state;
-        s.voltage = (s.voltage * 100.0).round() / 100.0;
+        let v = (s.voltage.unwrap_or(12.6) * 100.0).round() / 100.0;
+        s.voltage = Some(v);
         s.temperature = s.temperature.map(f64::round);
-        s.state_of_charge = Some(((s.voltage - 11.8) / 1.0 * 100.0).clamp(0.0, 100.0).round());
-        s.state = Some(
-            match s.voltage {
-                v if v < 12.0 => "low_voltage",
-                v if v > 13.2 => "charging",
-                _ => "normal",
-            }
-            .to_string(),
-        );
+        s.state_of_charge = Some(((v - 11.8) / 1.0 * 100.0).clamp(0.0, 100.0).round());
+        s.state = Some(if v > 13.2 { "charging" } else { "not_charging" }.to_string());
         if s.counters.is_empty() {
             s.counters = vec![("rapid_acceleration", 0), ("rapid_deceleration", 0)];
         }
@@ -91,24 +84,15 @@ impl Monitor {
         Some(devices::encrypt_frame(self.model, &plain))
     }
 
-    /// The iBeacon manufacturer value (company 76), with the SoC where the model puts it (SPEC §5.4: BM2 in
-    /// the last byte, BM6 in the low byte of `major`).
+    /// The iBeacon manufacturer value (company 76) carrying the SoC, if the model broadcasts one.
     pub fn ibeacon(&self) -> Option<Vec<u8>> {
-        let uuid = self.model.ibeacon_uuid()?;
         let soc = self
             .state
             .state_of_charge
             .unwrap_or(0.0)
             .round()
             .clamp(0.0, 100.0) as u8;
-        let mut v = vec![0x02, 0x15];
-        v.extend(devices::parse_hex(&uuid.replace('-', "")).ok()?);
-        if self.model.name() == "BM2" {
-            v.extend([0, 0, 0, 0, soc]);
-        } else {
-            v.extend([0, soc, 0, 0, 0xc5]);
-        }
-        Some(v)
+        devices::ibeacon_payload(self.model, soc)
     }
 
     /// The name the model advertises.
