@@ -9,6 +9,7 @@ pub mod crypto;
 mod bm2;
 mod bm6;
 mod bm7;
+pub mod history;
 
 use crate::mac::Mac;
 use std::fmt;
