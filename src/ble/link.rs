@@ -305,7 +305,7 @@ async fn attempt_once(
     }
 }
 
-async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
+pub(super) async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
     if device.is_connected().await.unwrap_or(false) {
         // A stale connection (ours from before, or a crashed run): start clean.
         let _ = device.disconnect().await;
@@ -323,7 +323,9 @@ async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
 }
 
 /// The family's write (`fff3`) and notify (`fff4`) characteristics.
-async fn characteristics(device: &Device) -> Result<(Characteristic, Characteristic), LinkError> {
+pub(super) async fn characteristics(
+    device: &Device,
+) -> Result<(Characteristic, Characteristic), LinkError> {
     let service_uuid = uuid(devices::SERVICE_UUID);
     let mut write = None;
     let mut notify = None;

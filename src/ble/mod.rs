@@ -6,6 +6,7 @@
 //! block on the broker (its only output is the bounded channel to the decode stage).
 
 mod bluez;
+mod history;
 mod link;
 mod sim;
 
@@ -18,6 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+pub use history::Download;
 
 /// A device the BLE thread reads, and how.
 #[derive(Debug, Clone)]
@@ -170,4 +173,17 @@ pub fn read(config: &Config, mac: Mac, model: Option<Model>) -> Result<RawFrame,
         rssi,
         received_at: chrono::Utc::now(),
     })
+}
+
+/// Connect to `mac` once and download at most `want` records of its own log (`battery-hawk history`);
+/// `keep_raw` keeps every decrypted block for the report.
+pub fn history(
+    config: &Config,
+    mac: Mac,
+    model: Option<Model>,
+    want: u32,
+    keep_raw: bool,
+) -> Result<Download, LinkError> {
+    let rt = runtime().map_err(|e| LinkError::Failed(e.to_string()))?;
+    rt.block_on(history::download(config, mac, model, want, keep_raw))
 }

@@ -78,6 +78,8 @@ pub enum ReadError {
     BadNotification(usize),
     /// The seam record of the previous page is not among the first three of this page.
     SeamMismatch { index: u32 },
+    /// The link failed under the read (reported by the caller through [`HistoryRead::abandon`]).
+    Link(String),
 }
 
 impl fmt::Display for ReadError {
@@ -101,6 +103,7 @@ impl fmt::Display for ReadError {
                     "page seam at index {index} does not match the previous page"
                 )
             }
+            ReadError::Link(why) => write!(f, "link failed during the read: {why}"),
         }
     }
 }
@@ -262,6 +265,21 @@ impl HistoryRead {
     /// When [`on_time`](Self::on_time) must be called next (caller's monotonic clock); `None` once over.
     pub fn deadline(&self) -> Option<Duration> {
         self.deadline
+    }
+
+    /// End the read from outside (the link failed); returns what was accepted before.
+    pub fn abandon(&mut self, error: ReadError) -> HistoryFailure {
+        if let Some(page) = self.pages.last_mut()
+            && self.phase != Phase::Finished
+        {
+            page.error = Some(error.to_string());
+        }
+        self.phase = Phase::Finished;
+        self.deadline = None;
+        HistoryFailure {
+            error,
+            partial: self.history(),
+        }
     }
 
     /// Every request sent so far and what came back.

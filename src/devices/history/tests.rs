@@ -622,6 +622,31 @@ fn failure_keeps_the_pages_already_accepted() {
 }
 
 #[test]
+fn a_lost_link_keeps_what_was_read() {
+    let log = log_of(9000);
+    let mut fake = FakeBm6::new(log.clone());
+    let (mut read, step) = HistoryRead::new(
+        model("BM6"),
+        MAX_INDEX,
+        t0(),
+        ms(0),
+        Timing::of(Protocol::Indexed),
+        false,
+    );
+    let Step::Write(w) = step else { panic!() };
+    for n in fake.answer(&w) {
+        read.on_notification(&n, ms(1));
+    }
+    let f = read.abandon(ReadError::Link("connection lost".into()));
+    assert_exact(&f.partial, &log[..8000]);
+    assert_eq!(
+        f.partial.pages[1].error.as_deref(),
+        Some("link failed during the read: connection lost")
+    );
+    assert_eq!(read.deadline(), None);
+}
+
+#[test]
 fn seam_mismatch_is_not_merged() {
     let log = log_of(9000);
     let mut fake = FakeBm6::new(log.clone());
