@@ -226,3 +226,16 @@ pub fn records_for(seconds: u64) -> u32 {
     let n = seconds.div_ceil(RECORD_SECONDS as u64).max(1);
     u32::try_from(n).unwrap_or(u32::MAX).min(MAX_INDEX)
 }
+
+/// Split the readings among `records` (oldest first) into batches that each span less than a day
+/// (SPEC §5.7: one message per day at most). Slots that are not readings are left out.
+pub fn day_batches(records: &[Record]) -> Vec<Vec<Record>> {
+    let mut batches: Vec<Vec<Record>> = Vec::new();
+    for r in records.iter().filter(|r| r.value.is_ok()) {
+        match batches.last_mut() {
+            Some(b) if r.timestamp - b[0].timestamp < WallDuration::days(1) => b.push(r.clone()),
+            _ => batches.push(vec![r.clone()]),
+        }
+    }
+    batches
+}

@@ -164,6 +164,42 @@ mod tests {
     }
 
     #[test]
+    fn history_message_topic_and_body() {
+        use crate::messages::{HistoryOut, Outbound};
+        use crate::mqtt::payload::{Kind, LocalStatus, Renderer};
+        let mac: Mac = "38:3B:26:B5:30:AB".parse().unwrap();
+        let renderer = Renderer::new("home/battery_hawk", "garage", 1);
+        let out = Outbound::History(HistoryOut {
+            mac,
+            records: history().records,
+        });
+        let m = renderer.render(&out, LocalStatus::default);
+        assert_eq!(
+            m.topic,
+            "home/battery_hawk/device/38:3B:26:B5:30:AB/history"
+        );
+        assert_eq!((m.qos, m.retain, m.kind), (1, false, Kind::Reading));
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(
+            v,
+            json!({"device_id": "38:3B:26:B5:30:AB", "gateway_id": "garage",
+                   "from": "2026-11-29T12:00:00.000Z", "to": "2026-11-29T12:00:00.000Z",
+                   "records": [{"timestamp": "2026-11-29T12:00:00.000Z", "voltage": 13.26,
+                                "state_of_charge": 100.0, "temperature": 24.0, "flags": 0}]})
+        );
+        let empty = Outbound::History(HistoryOut {
+            mac,
+            records: vec![],
+        });
+        let v: Value =
+            serde_json::from_slice(&renderer.render(&empty, LocalStatus::default).payload).unwrap();
+        assert_eq!(
+            (v["from"].clone(), v["records"].clone()),
+            (Value::Null, json!([]))
+        );
+    }
+
+    #[test]
     fn published_record_shape() {
         let h = history();
         assert_eq!(record(&h.records[0]), None);

@@ -811,3 +811,19 @@ fn bm2_empty_log_and_silence() {
         Step::Write(crypto::encrypt(bm2.key(), &count_request()))
     );
 }
+
+#[test]
+fn batches_of_at_most_a_day_oldest_first() {
+    let mut fake = FakeBm6::new(log_of(3 * 720 + 5));
+    fake.log[7] = [0; 4];
+    let h = done(run(&mut fake, MAX_INDEX));
+    let batches = day_batches(&h.records);
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![720, 720, 719, 5], "the zero slot (index 7) left out");
+    for b in &batches {
+        assert!(b.last().unwrap().timestamp - b[0].timestamp < chrono::Duration::days(1));
+        assert!(b.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
+    }
+    assert_eq!(batches[0][0].index, 3 * 720 + 4);
+    assert!(day_batches(&[]).is_empty());
+}
