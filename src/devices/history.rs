@@ -7,10 +7,12 @@
 //! HISTORY-NOTES (`[hw]` measured on real units, `[1src]` one unchecked source, `[inf]` our inference).
 
 mod read;
+mod sync;
 #[cfg(test)]
 mod tests;
 
 pub use read::{BlockLog, History, HistoryFailure, HistoryRead, PageLog, ReadError, Step, Timing};
+pub use sync::{Fresh, MARGIN, SIGNATURE, Synced, new_since, records_to_ask};
 
 use super::Model;
 use chrono::{DateTime, Duration as WallDuration, Utc};

@@ -819,7 +819,11 @@ fn batches_of_at_most_a_day_oldest_first() {
     let h = done(run(&mut fake, MAX_INDEX));
     let batches = day_batches(&h.records);
     let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-    assert_eq!(sizes, vec![720, 720, 719, 5], "the zero slot (index 7) left out");
+    assert_eq!(
+        sizes,
+        vec![720, 720, 719, 5],
+        "the zero slot (index 7) left out"
+    );
     for b in &batches {
         assert!(b.last().unwrap().timestamp - b[0].timestamp < chrono::Duration::days(1));
         assert!(b.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
