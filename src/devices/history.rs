@@ -7,6 +7,8 @@
 //! HISTORY-NOTES (`[hw]` measured on real units, `[1src]` one unchecked source, `[inf]` our inference).
 
 mod read;
+#[cfg(test)]
+mod read_tests;
 mod sync;
 #[cfg(test)]
 mod tests;
