@@ -352,9 +352,18 @@ impl HistoryRead {
                     return Step::Wait;
                 }
                 (_, Phase::AwaitCount) => {}
-                (Block::Ack { count }, _) => page.ack = Some(count),
+                // Data before this request's acknowledgement (or BM2 start marker) is the tail of an
+                // earlier, abandoned attempt: drop it.
+                (Block::Ack { count }, _) => {
+                    page.ack = Some(count);
+                    self.current.data.clear();
+                    self.current.empty_marker = false;
+                }
                 (Block::EmptyMarker, _) => self.current.empty_marker = true,
-                (Block::Start, _) => self.current.started = true,
+                (Block::Start, _) => {
+                    self.current.started = true;
+                    self.current.data.clear();
+                }
                 (Block::Terminator { length }, _) => {
                     page.terminator = Some(length);
                     return self.finish_page(length, now);

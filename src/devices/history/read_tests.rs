@@ -496,3 +496,33 @@ fn batches_of_at_most_a_day_oldest_first() {
     assert_eq!(batches[0][0].index, 3 * 720 + 4);
     assert!(day_batches(&[]).is_empty());
 }
+
+#[test]
+fn a_late_tail_of_an_abandoned_attempt_is_not_mixed_in() {
+    let log = log_of(400);
+    let mut fake = FakeBm6::new(log.clone());
+    let (mut read, step) = HistoryRead::new(
+        model("BM6"),
+        5040,
+        t0(),
+        ms(0),
+        Timing::of(Protocol::Indexed),
+        false,
+    );
+    let Step::Write(w) = step else { panic!() };
+    let first = fake.answer(&w);
+    // The first reply stalls after its ack and two data notifications: the page is asked again.
+    for n in &first[..3] {
+        assert_eq!(read.on_notification(n, ms(10)), Step::Wait);
+    }
+    let retry = read.on_time(read.deadline().unwrap());
+    assert_eq!(retry, Step::Write(w));
+    // Then the stalled reply's next notification arrives late, before the new reply.
+    let late = read.deadline().unwrap() - ms(4000);
+    assert_eq!(read.on_notification(&first[3], late), Step::Wait);
+    let mut last = Step::Wait;
+    for n in fake.answer(&w) {
+        last = read.on_notification(&n, late + ms(10));
+    }
+    assert_exact(&done(last), &log);
+}
