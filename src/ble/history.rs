@@ -11,10 +11,10 @@ use crate::devices::history::{
 use crate::mac::Mac;
 use crate::messages::LinkError;
 use bluer::gatt::WriteOp;
-use bluer::gatt::remote::CharacteristicWriteRequest;
+use bluer::gatt::remote::{Characteristic, CharacteristicWriteRequest};
 use bluer::{Adapter, Device, Session};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -122,22 +122,48 @@ async fn session(
     .await
     .map_err(|_| LinkError::Timeout)??;
     let (write, notify) = characteristics(device).await?;
-    // bluer reports BlueZ's `MTU` property minus 5 (its write workaround); add it back for the ATT MTU.
+    let mtu = att_mtu(&notify, model).await?;
+    // Subscribe before the first write: a reply during StartNotify would otherwise be lost.
+    let mut values = Box::pin(notify.notify().await.map_err(|e| link_error(&e))?);
+    let (took, result) = drive(&write, &mut values, model, want, keep_raw).await;
+    Ok((mtu, took, result))
+}
+
+/// The ATT MTU of `fff4` (bluer reports BlueZ's `MTU` property minus 5, its write workaround; added back
+/// here), or an error when a BM6/BM7 history read would need bigger notifications than it allows.
+pub(super) async fn att_mtu(
+    notify: &Characteristic,
+    model: Model,
+) -> Result<Option<u16>, LinkError> {
     let mtu = notify
         .mtu()
         .await
         .ok()
         .and_then(|m| u16::try_from(m + 5).ok());
-    let protocol = Protocol::of(model);
     log::debug!("{model}: ATT MTU {mtu:?}");
-    if protocol == Protocol::Indexed && mtu.is_some_and(|m| m < MIN_MTU) {
+    if Protocol::of(model) == Protocol::Indexed && mtu.is_some_and(|m| m < MIN_MTU) {
         return Err(LinkError::Failed(format!(
             "ATT MTU {} is below the {MIN_MTU} that 160-byte history notifications need",
             mtu.unwrap_or_default()
         )));
     }
-    // Subscribe before the first write: a reply during StartNotify would otherwise be lost.
-    let mut values = Box::pin(notify.notify().await.map_err(|e| link_error(&e))?);
+    Ok(mtu)
+}
+
+/// Run one history read to its end on a link that is up, `values` being the subscribed `fff4`
+/// notifications (live frames among them are skipped). Returns how long it took and the read; a link
+/// failure ends it with what was accepted before. Usable inside a poll or stream connection, after the
+/// live reading.
+pub(super) async fn drive<S>(
+    write: &Characteristic,
+    values: &mut S,
+    model: Model,
+    want: u32,
+    keep_raw: bool,
+) -> (Duration, Result<History, HistoryFailure>)
+where
+    S: Stream<Item = Vec<u8>> + Unpin,
+{
     let req = CharacteristicWriteRequest {
         op_type: WriteOp::Request,
         ..Default::default()
@@ -148,34 +174,31 @@ async fn session(
         want,
         Utc::now(),
         Duration::ZERO,
-        Timing::of(protocol),
+        Timing::of(Protocol::of(model)),
         keep_raw,
     );
     loop {
         match step {
             Step::Write(frame) => {
                 if let Err(e) = write.write_ext(&frame, &req).await {
-                    let why = link_error(&e).message();
-                    return Ok((
-                        mtu,
-                        start.elapsed(),
-                        Err(read.abandon(ReadError::Link(why))),
-                    ));
+                    let why = ReadError::Link(link_error(&e).message());
+                    return (start.elapsed(), Err(read.abandon(why)));
                 }
             }
-            Step::Done(h) => return Ok((mtu, start.elapsed(), Ok(h))),
-            Step::Failed(f) => return Ok((mtu, start.elapsed(), Err(f))),
+            Step::Done(h) => return (start.elapsed(), Ok(h)),
+            Step::Failed(f) => return (start.elapsed(), Err(f)),
             Step::Wait => {}
         }
         let Some(deadline) = read.deadline() else {
-            return Err(LinkError::Failed("history read stalled".into()));
+            let stalled = ReadError::Link("history read stalled".into());
+            return (start.elapsed(), Err(read.abandon(stalled)));
         };
         step = tokio::select! {
             value = values.next() => match value {
                 Some(bytes) => read.on_notification(&bytes, start.elapsed()),
                 None => {
                     let lost = ReadError::Link("connection lost".into());
-                    return Ok((mtu, start.elapsed(), Err(read.abandon(lost))));
+                    return (start.elapsed(), Err(read.abandon(lost)));
                 }
             },
             () = sleep_until(start + deadline) => read.on_time(start.elapsed()),
