@@ -4,7 +4,7 @@
 
 mod common;
 
-use battery_hawk::devices::history::page_request;
+use battery_hawk::devices::history::{page_request, simulate};
 use battery_hawk::devices::{self, Model, to_hex};
 use chrono::{DateTime, Utc};
 use common::bluez::FakeBluez;
@@ -40,23 +40,14 @@ fn log(n: u32) -> Vec<[u8; 4]> {
         .collect()
 }
 
-/// The notifications a BM6 sends for `[start, end)` of `log`: ack, 160-byte data notifications (40
-/// records, the last zero-padded), terminator `ff fe fe 00 LL LL` with `LL = 4n + 9`.
+/// The notifications a BM6 sends for `[start, end)` of `log` (the library's simulated monitor): ack,
+/// 160-byte data notifications (40 records, the last zero-padded), terminator with `LL = 4n + 9`.
 fn reply(log: &[[u8; 4]], start: u32, end: u32) -> Vec<String> {
-    let end = (end as usize).min(log.len());
-    let records = &log[(start as usize).min(end)..end];
-    let n = records.len() as u32;
-    let mut out = vec![enc(&[0xd1, 0x55, 0x05, (n >> 8) as u8, n as u8])];
-    for chunk in records.chunks(40) {
-        let mut bytes = [0u8; 160];
-        for (i, r) in chunk.iter().enumerate() {
-            bytes[4 * i..4 * i + 4].copy_from_slice(r);
-        }
-        out.push(bytes.chunks(16).map(enc).collect());
-    }
-    let l = 4 * n + 9;
-    out.push(enc(&[0xff, 0xfe, 0xfe, 0, (l >> 8) as u8, l as u8]));
-    out
+    simulate::answer(bm6(), log, &page_request(start, end))
+        .unwrap()
+        .iter()
+        .map(|n| to_hex(n))
+        .collect()
 }
 
 fn request(start: u32, end: u32) -> String {

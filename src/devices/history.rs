@@ -9,6 +9,7 @@
 mod read;
 #[cfg(test)]
 mod read_tests;
+pub mod simulate;
 mod sync;
 #[cfg(test)]
 mod tests;

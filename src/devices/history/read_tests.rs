@@ -58,45 +58,28 @@ impl FakeBm6 {
             "asked from {start} past the end of a {}-record log: raw memory",
             self.log.len()
         );
-        let mut out = vec![];
-        let mut ack = [0u8; 16];
-        ack[..5].copy_from_slice(&[0xd1, 0x55, 0x05, 0, 0]);
         if self.spurious > 0 {
             self.spurious -= 1;
             let mut t = [0u8; 16];
             t[..6].copy_from_slice(&[0xff, 0xfe, 0xfe, 0, 0, 9]);
             return vec![self.enc(&t)];
         }
-        out.push(self.enc(&ack));
-        if self.log.is_empty() {
-            let mut m = [0u8; 16];
-            m[..4].copy_from_slice(&[0xfe, 0xfe, 0xfe, 0]);
-            out.push(self.enc(&m));
-        }
-        let end = (end as usize).min(self.log.len());
-        let records: Vec<[u8; 4]> = self.log[(start as usize).min(end)..end].to_vec();
-        for chunk in records.chunks(40) {
-            let mut bytes = [0u8; 160];
-            for (i, r) in chunk.iter().enumerate() {
-                bytes[4 * i..4 * i + 4].copy_from_slice(r);
-            }
-            let mut n = vec![];
-            for b in bytes.chunks_exact(16) {
-                n.extend(self.enc(&b.try_into().unwrap()));
-            }
-            out.push(n);
-            if self.live {
-                out.push(self.enc(&block("d155070019005004f600000000000000")));
-            }
-        }
-        if self.cut > 0 && records.len() > 40 {
+        let mut out = simulate::answer(model("BM6"), &self.log, &p).unwrap();
+        let data = out.iter().filter(|n| n.len() == 160).count();
+        if self.cut > 0 && data > 1 {
             self.cut -= 1;
-            out.remove(out.len() - 1 - usize::from(self.live));
+            out.remove(out.len() - 2);
         }
-        let l = 4 * records.len() as u32 + if self.log.is_empty() { 12 } else { 9 };
-        let mut t = [0u8; 16];
-        t[..6].copy_from_slice(&[0xff, 0xfe, 0xfe, 0, (l >> 8) as u8, l as u8]);
-        out.push(self.enc(&t));
+        if self.live {
+            let live = self.enc(&block("d155070019005004f600000000000000"));
+            out = out
+                .into_iter()
+                .flat_map(|n| {
+                    let after = (n.len() == 160).then(|| live.clone());
+                    std::iter::once(n).chain(after)
+                })
+                .collect();
+        }
         out
     }
 }
