@@ -31,8 +31,9 @@ pub struct Fresh {
     /// by 1024 at its limit, or the clock jumped): `records` are those younger than the previous read
     /// by their computed time, and there may be a gap before them.
     pub gap: bool,
-    /// What to remember for the next sync.
-    pub next: Synced,
+    /// What to remember for the next sync; `None` when the read brought nothing and did not reach the
+    /// end of the log (a read that failed at once): keep what was remembered before.
+    pub next: Option<Synced>,
 }
 
 /// How many records (newest first) to ask for at `now`: `initial_days` for a device never synced, else
@@ -55,10 +56,17 @@ pub fn records_to_ask(last: Option<&Synced>, now: DateTime<Utc>, initial_days: u
 /// `gap` set.
 pub fn new_since(last: Option<&Synced>, read: &History) -> Fresh {
     let newest_first: Vec<&Record> = read.records.iter().rev().collect();
-    let next = Synced {
+    let next = (!newest_first.is_empty() || read.log_end).then(|| Synced {
         at: read.requested_at,
         newest: newest_first.iter().take(SIGNATURE).map(|r| r.raw).collect(),
-    };
+    });
+    if next.is_none() {
+        return Fresh {
+            records: Vec::new(),
+            gap: false,
+            next,
+        };
+    }
     let Some(last) = last else {
         return Fresh {
             records: read.records.clone(),
@@ -140,14 +148,14 @@ mod tests {
         let f = new_since(None, &read(&log, t1(), true));
         assert_eq!(f.records.len(), 50);
         assert!(!f.gap);
-        assert_eq!(f.next.newest, log[..8].to_vec());
-        assert_eq!(f.next.at, t1());
+        assert_eq!(f.next.as_ref().unwrap().newest, log[..8].to_vec());
+        assert_eq!(f.next.unwrap().at, t1());
     }
 
     #[test]
     fn later_sync_takes_only_the_new_records() {
         let old: Vec<[u8; 4]> = (0..100).map(|i| rec(1200 + i)).collect();
-        let s = new_since(None, &read(&old, t1(), true)).next;
+        let s = new_since(None, &read(&old, t1(), true)).next.unwrap();
         let t2 = t1() + Duration::minutes(10) + Duration::seconds(30);
         assert_eq!(records_to_ask(Some(&s), t2, 7), 5 + MARGIN);
         // 5 new records (10 min 30 s); the read asked for 21.
@@ -159,7 +167,7 @@ mod tests {
             now[..5].iter().rev().copied().collect::<Vec<_>>()
         );
         assert!(!f.gap);
-        assert_eq!(f.next.newest, now[..8].to_vec());
+        assert_eq!(f.next.as_ref().unwrap().newest, now[..8].to_vec());
         // One more than the clock predicts (the sample instant): still found.
         let mut drift = vec![rec(1400)];
         drift.extend(&now);
@@ -170,7 +178,7 @@ mod tests {
     #[test]
     fn a_flat_battery_trusts_the_clock() {
         let flat = vec![rec(1270); 200];
-        let s = new_since(None, &read(&flat, t1(), true)).next;
+        let s = new_since(None, &read(&flat, t1(), true)).next.unwrap();
         let f = new_since(
             Some(&s),
             &read(&flat[..21], t1() + Duration::minutes(10), false),
@@ -181,7 +189,7 @@ mod tests {
     #[test]
     fn a_reset_log_gives_the_records_younger_than_the_last_sync() {
         let old: Vec<[u8; 4]> = (0..100).map(|i| rec(1200 + i)).collect();
-        let s = new_since(None, &read(&old, t1(), true)).next;
+        let s = new_since(None, &read(&old, t1(), true)).next.unwrap();
         // Power lost: the log restarted 3 records ago.
         let fresh: Vec<[u8; 4]> = (0..3).map(|i| rec(1350 + i)).collect();
         let f = new_since(Some(&s), &read(&fresh, t1() + Duration::hours(1), true));
@@ -195,7 +203,7 @@ mod tests {
     #[test]
     fn the_clock_going_back_is_not_believed() {
         let old: Vec<[u8; 4]> = (0..100).map(|i| rec(1200 + i)).collect();
-        let s = new_since(None, &read(&old, t1(), true)).next;
+        let s = new_since(None, &read(&old, t1(), true)).next.unwrap();
         assert_eq!(
             records_to_ask(Some(&s), t1() - Duration::hours(1), 7),
             MARGIN
@@ -215,8 +223,18 @@ mod tests {
     }
 
     #[test]
+    fn a_read_that_brought_nothing_changes_nothing() {
+        let old: Vec<[u8; 4]> = (0..100).map(|i| rec(1200 + i)).collect();
+        let s = new_since(None, &read(&old, t1(), true)).next.unwrap();
+        let failed = read(&[], t1() + Duration::hours(1), false);
+        let f = new_since(Some(&s), &failed);
+        assert!(f.records.is_empty() && f.next.is_none() && !f.gap);
+        assert_eq!(new_since(None, &failed).next, None);
+    }
+
+    #[test]
     fn an_empty_log_then_records() {
-        let s = new_since(None, &read(&[], t1(), true)).next;
+        let s = new_since(None, &read(&[], t1(), true)).next.unwrap();
         assert!(s.newest.is_empty());
         let log: Vec<[u8; 4]> = (0..4).map(|i| rec(1200 + i)).collect();
         let f = new_since(Some(&s), &read(&log, t1() + Duration::minutes(8), true));
