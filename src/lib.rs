@@ -13,6 +13,7 @@ pub mod decode;
 pub mod demo;
 pub mod devices;
 pub mod fleet;
+pub mod history_report;
 pub mod logging;
 pub mod mac;
 pub mod messages;

@@ -89,6 +89,28 @@ enum Command {
         /// The encrypted frame, 32 hex digits
         hex: String,
     },
+    /// Download a monitor's own log (voltage, SoC, temperature every 2 minutes) and print or draw it
+    History {
+        /// The monitor's address
+        mac: String,
+        /// Model: bm2, bm6 or bm7 (default: from the configuration, else detected from its advertisement)
+        #[arg(long = "type")]
+        device_type: Option<String>,
+        /// Days back to read, 1-91 (default: history.initial_days of the configuration)
+        #[arg(long)]
+        days: Option<u32>,
+        /// Print CSV (one line per record, oldest first)
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Print JSON: the records, then every request and decrypted block (to check a BM2/BM7)
+        #[arg(long)]
+        json: bool,
+        /// Also draw voltage and state of charge over time into this SVG file
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Validate the configuration and print it with secrets redacted
     CheckConfig {
         #[arg(long, default_value = config::DEFAULT_PATH)]
@@ -119,6 +141,22 @@ fn main() -> ExitCode {
             mac,
             hex,
         } => decode(&device_type, advertisement, mac.as_deref(), &hex),
+        Command::History {
+            mac,
+            device_type,
+            days,
+            csv,
+            json,
+            svg,
+            config,
+        } => history(
+            &config,
+            &mac,
+            device_type.as_deref(),
+            days,
+            (csv, json),
+            svg.as_deref(),
+        ),
         Command::CheckConfig { config } => check_config(&config),
     };
     match result {
@@ -428,6 +466,87 @@ fn read(path: &Path, mac: &str, device_type: Option<&str>, json: bool) -> Result
         parts.extend(m.temperature.map(|t| format!("{t:.0} °C")));
         parts.extend(m.state.clone());
         println!("{} {mac}: {}", reading.model, parts.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `battery-hawk history`: download once, print (text, CSV or JSON) and optionally draw; exit code 1 when
+/// the read stopped early (what was read is still printed).
+fn history(
+    path: &Path,
+    mac: &str,
+    device_type: Option<&str>,
+    days: Option<u32>,
+    (csv, json): (bool, bool),
+    svg: Option<&Path>,
+) -> Result<ExitCode> {
+    use battery_hawk::devices::history::records_for;
+    use battery_hawk::mqtt::history::{LinkFacts, report};
+    quiet_logging()?;
+    let config = load_or_default(path)?;
+    let mac: Mac = mac.parse().map_err(|e| anyhow!("{e}"))?;
+    let days = days.unwrap_or(config.history.initial_days);
+    let max = config::History::MAX_DAYS;
+    if !(1..=max).contains(&days) {
+        bail!("--days {days}: allowed 1 to {max}");
+    }
+    let model = model_arg(device_type)?.or_else(|| {
+        config
+            .devices
+            .iter()
+            .find(|d| d.mac == mac)
+            .and_then(|d| d.model())
+    });
+    let want = records_for(u64::from(days) * 86_400);
+    let d = battery_hawk::ble::history(&config, mac, model, want, json)
+        .map_err(|e| anyhow!("{mac}: error {}: {}", e.code(), e.message()))?;
+    if !config.history.covers(d.model) {
+        eprintln!(
+            "note: {} history is not enabled in the configuration (history.models){}",
+            d.model,
+            if d.model.name() == "BM6" {
+                ""
+            } else {
+                "; it is unverified on real units: check the records below against the live reading"
+            }
+        );
+    }
+    let h = &d.history;
+    if json {
+        let link = LinkFacts {
+            mtu: d.mtu,
+            read_time: d.read_time,
+            link_held: d.link_held,
+            failure: d.failure.clone(),
+        };
+        println!("{}", report(mac, h, &link));
+    } else if csv {
+        print!("{}", battery_hawk::history_report::csv(h));
+    } else {
+        print!("{}", battery_hawk::history_report::text(h));
+    }
+    if let Some(file) = svg {
+        let title = format!("{} {mac}", d.model);
+        let doc = battery_hawk::history_report::svg(h, &title)?;
+        std::fs::write(file, doc).with_context(|| format!("writing {}", file.display()))?;
+    }
+    let secs = d.read_time.as_secs_f64();
+    eprintln!(
+        "{} {mac}: {} records in {:.2} s ({:.0} records/s), link held {:.2} s{}",
+        d.model,
+        h.records.len(),
+        secs,
+        if secs > 0.0 {
+            h.records.len() as f64 / secs
+        } else {
+            0.0
+        },
+        d.link_held.as_secs_f64(),
+        if h.log_end { ", whole log" } else { "" }
+    );
+    if let Some(why) = &d.failure {
+        eprintln!("battery-hawk: {mac}: the read stopped early: {why}");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

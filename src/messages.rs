@@ -164,9 +164,19 @@ pub enum Outbound {
     System(SystemSnapshot),
     /// A device or vehicle left the configuration: its retained state is cleared.
     Removed(Removed),
+    /// Records from a monitor's own log (SPEC §5.7), one batch of at most one day.
+    History(HistoryOut),
     Shutdown {
         reason: String,
     },
+}
+
+/// A batch for `P/device/{mac}/history`: records oldest first, spanning less than a day (make batches
+/// with [`crate::devices::history::day_batches`]). Slots that are not readings are left out when rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryOut {
+    pub mac: Mac,
+    pub records: Vec<crate::devices::history::Record>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

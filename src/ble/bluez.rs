@@ -437,14 +437,11 @@ pub(super) async fn scan(adapter_name: &str, duration: Duration) -> Result<Vec<S
     Ok(found.into_values().collect())
 }
 
-/// Connect once and read one reading (for `battery-hawk read`). A device BlueZ does not know now is
-/// looked for first with a scan of up to `bluetooth.connection_timeout`.
-pub(super) async fn read(
-    config: &Config,
-    mac: Mac,
-    model: Option<crate::devices::Model>,
-) -> Result<RawFrame, LinkError> {
-    let (_session, adapter) = acquire(&config.bluetooth.adapter).await.map_err(|e| {
+/// For the one-shot commands (`read`, `history`): the adapter, once `mac` is on the air. A device BlueZ
+/// does not know now (it forgets unpaired devices ~30 s after a scan) is looked for with a scan of up to
+/// `bluetooth.connection_timeout`; not heard by then is 1003.
+pub(super) async fn open_known(config: &Config, mac: Mac) -> Result<(Session, Adapter), LinkError> {
+    let (session, adapter) = acquire(&config.bluetooth.adapter).await.map_err(|e| {
         log::error!("{e}");
         LinkError::AdapterUnavailable
     })?;
@@ -467,9 +464,20 @@ pub(super) async fn read(
     })
     .await;
     drop(discovery);
-    if !matches!(found, Ok(true)) {
-        return Err(LinkError::NotFound);
+    if matches!(found, Ok(true)) {
+        Ok((session, adapter))
+    } else {
+        Err(LinkError::NotFound)
     }
+}
+
+/// Connect once and read one reading (for `battery-hawk read`).
+pub(super) async fn read(
+    config: &Config,
+    mac: Mac,
+    model: Option<crate::devices::Model>,
+) -> Result<RawFrame, LinkError> {
+    let (_session, adapter) = open_known(config, mac).await?;
     let outcome = poll_once(&adapter, mac, model, config).await;
     outcome.result?;
     outcome.frames.into_iter().next().ok_or(LinkError::NoData)

@@ -139,7 +139,7 @@ pub(super) async fn details(device: &Device, mac: Mac) -> Heard {
 }
 
 /// The model a device's advertisement shows, if any.
-async fn model_of(device: &Device, mac: Mac) -> Option<Model> {
+pub(super) async fn model_of(device: &Device, mac: Mac) -> Option<Model> {
     let h = details(device, mac).await;
     devices::classify(mac, h.name.as_deref(), &h.service_uuids, &h.manufacturer).map(|i| i.model)
 }
@@ -267,7 +267,7 @@ async fn attempt(
     }
 }
 
-async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
+pub(super) async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
     if device.is_connected().await.unwrap_or(false) {
         // Another client of this BlueZ holds the link (a `read` beside the service, another program): the
         // monitor accepts one central, and breaking someone else's link is not ours to do.
@@ -286,7 +286,9 @@ async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {
 }
 
 /// The family's write (`fff3`) and notify (`fff4`) characteristics.
-async fn characteristics(device: &Device) -> Result<(Characteristic, Characteristic), LinkError> {
+pub(super) async fn characteristics(
+    device: &Device,
+) -> Result<(Characteristic, Characteristic), LinkError> {
     let service_uuid = uuid(devices::SERVICE_UUID);
     let mut write = None;
     let mut notify = None;

@@ -11,6 +11,7 @@ mod air;
 mod bluez;
 mod driver;
 mod foreign;
+mod history;
 mod link;
 mod radio;
 mod scheduler;
@@ -25,6 +26,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+pub use history::Download;
 
 /// Commands to the BLE thread. A tokio channel (not crossbeam) because the thread's async loop must wake on
 /// it; only this module sees that.
@@ -144,4 +147,17 @@ pub fn scan(adapter: &str, duration: Duration) -> Result<Vec<Sighting>, BleError
 pub fn read(config: &Config, mac: Mac, model: Option<Model>) -> Result<RawFrame, LinkError> {
     let rt = runtime().map_err(|e| LinkError::Failed(e.to_string()))?;
     rt.block_on(bluez::read(config, mac, model))
+}
+
+/// Connect to `mac` once and download at most `want` records of its own log (`battery-hawk history`);
+/// `keep_raw` keeps every decrypted block for the report.
+pub fn history(
+    config: &Config,
+    mac: Mac,
+    model: Option<Model>,
+    want: u32,
+    keep_raw: bool,
+) -> Result<Download, LinkError> {
+    let rt = runtime().map_err(|e| LinkError::Failed(e.to_string()))?;
+    rt.block_on(history::download(config, mac, model, want, keep_raw))
 }

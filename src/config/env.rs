@@ -1,5 +1,5 @@
 //! Environment overrides: `BATTERYHAWK_<SECTION>_<KEY>` sets `<section>.<key>`, read as the type the key
-//! has (keys containing `_` work: the section is the first word). An unknown section or key, or a value
+//! has (keys containing `_` work: the section is the first word; a list of strings is comma-separated). An unknown section or key, or a value
 //! of the wrong type, is an error naming the variable.
 
 use super::{Config, ConfigError};
@@ -53,6 +53,16 @@ pub(super) fn apply_env(
                 "false" | "0" | "no" => false,
                 _ => return Err(err(format!("'{value}' is not true or false"))),
             }),
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
+                toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.into()))
+                        .collect(),
+                )
+            }
             _ => return Err(err("this key cannot be set from the environment".into())),
         };
         toml::Value::Table(table.clone())

@@ -56,6 +56,7 @@ pub struct Config {
     pub defaults: Defaults,
     pub simulation: Simulation,
     pub homeassistant: HomeAssistant,
+    pub history: History,
     #[serde(rename = "vehicle", skip_serializing_if = "Vec::is_empty")]
     pub vehicles: Vec<VehicleConf>,
     #[serde(rename = "device", skip_serializing_if = "Vec::is_empty")]
@@ -354,6 +355,66 @@ impl Default for HomeAssistant {
     }
 }
 
+/// `[history]` (SPEC §4, §5.7): downloading the monitors' own logs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct History {
+    /// Download the log after a gap, in `poll` and `stream` modes.
+    pub enabled: bool,
+    /// Days the first sync of a device reaches back (1–91: the monitor indexes at most 65535 records).
+    pub initial_days: u32,
+    /// Models whose history is read. BM7 and BM2 history is unverified on hardware (HISTORY-NOTES
+    /// §5.7.8), so only BM6 by default.
+    pub models: Vec<String>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            enabled: true,
+            initial_days: 7,
+            models: vec!["BM6".into()],
+        }
+    }
+}
+
+impl History {
+    /// Longest `initial_days`: 65535 records of 2 minutes.
+    pub const MAX_DAYS: u32 = 91;
+
+    /// Whether `model`'s history is read (enabled, and the model listed).
+    pub fn covers(&self, model: Model) -> bool {
+        self.enabled
+            && self
+                .models
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(model.name()))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=History::MAX_DAYS).contains(&self.initial_days) {
+            return Err(format!(
+                "history.initial_days = {} (allowed: 1 to {})",
+                self.initial_days,
+                History::MAX_DAYS
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for m in &self.models {
+            let Some(model) = Model::by_name(m) else {
+                return Err(format!(
+                    "history.models: \"{m}\" is not a supported model ({})",
+                    Model::all_names()
+                ));
+            };
+            if !seen.insert(model.name()) {
+                return Err(format!("history.models lists {} twice", model.name()));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VehicleConf {
@@ -453,6 +514,7 @@ impl Config {
                 self.simulation.failure_rate
             ));
         }
+        self.history.validate().map_err(ConfigError::Invalid)?;
         if self.mqtt.client_cert.is_empty() != self.mqtt.client_key.is_empty() {
             return bad("mqtt.client_cert and mqtt.client_key must be set together".into());
         }

@@ -175,3 +175,47 @@ fn redacted_toml_parses_back() {
     let again = parse(&c.to_redacted_toml()).unwrap();
     assert_eq!(again, c);
 }
+
+#[test]
+fn history_defaults_and_bounds() {
+    let c = parse("").unwrap();
+    assert!(c.history.enabled);
+    assert_eq!(c.history.initial_days, 7);
+    assert_eq!(c.history.models, vec!["BM6".to_string()]);
+    let bm6 = Model::by_name("BM6").unwrap();
+    let bm2 = Model::by_name("BM2").unwrap();
+    assert!(c.history.covers(bm6) && !c.history.covers(bm2));
+    let c = parse("[history]\nmodels = [\"bm6\", \"BM2\"]\ninitial_days = 91\n").unwrap();
+    assert!(c.history.covers(bm2));
+    let off = parse("[history]\nenabled = false\n").unwrap();
+    assert!(!off.history.covers(bm6));
+    for (text, want) in [
+        (
+            "initial_days = 0",
+            "history.initial_days = 0 (allowed: 1 to 91)",
+        ),
+        ("initial_days = 92", "history.initial_days = 92"),
+        (
+            "models = [\"BM9\"]",
+            "history.models: \"BM9\" is not a supported model",
+        ),
+        (
+            "models = [\"BM6\", \"bm6\"]",
+            "history.models lists BM6 twice",
+        ),
+        ("days = 3", "unknown field `days`"),
+    ] {
+        let e = parse(&format!("[history]\n{text}\n")).unwrap_err();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
+
+#[test]
+fn history_models_from_the_environment() {
+    let c = parse_env("", &[("BATTERYHAWK_HISTORY_MODELS", "BM6, BM7")]).unwrap();
+    assert_eq!(c.history.models, vec!["BM6".to_string(), "BM7".to_string()]);
+    let c = parse_env("", &[("BATTERYHAWK_HISTORY_INITIAL_DAYS", "3")]).unwrap();
+    assert_eq!(c.history.initial_days, 3);
+    let e = parse_env("", &[("BATTERYHAWK_HISTORY_MODELS", "BM6,XX")]).unwrap_err();
+    assert!(e.contains("\"XX\" is not a supported model"), "{e}");
+}

@@ -12,6 +12,7 @@ mod outcome;
 mod bm2;
 mod bm6;
 mod bm7;
+pub mod history;
 
 pub use identify::{
     APPLE, Evidence, Identity, advert_frame, advert_reading, classify, ibeacon_payload,

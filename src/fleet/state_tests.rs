@@ -58,6 +58,7 @@ fn kinds(out: &[Outbound]) -> Vec<&'static str> {
             Outbound::Discovered(_) => "discovered",
             Outbound::System(_) => "system",
             Outbound::Removed(_) => "removed",
+            Outbound::History(_) => "history",
             Outbound::Shutdown { .. } => "shutdown",
         })
         .collect()

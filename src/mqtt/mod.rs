@@ -8,6 +8,7 @@
 //! bounded outbox at all times), call a blocking `publish`, spin while the broker is away, or log a secret.
 
 pub mod demo;
+pub mod history;
 pub mod homeassistant;
 pub mod outbox;
 pub mod payload;

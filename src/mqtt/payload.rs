@@ -5,8 +5,8 @@ use super::topics::Topics;
 use crate::devices::{Model, to_hex};
 use crate::fleet::summary::round2;
 use crate::messages::{
-    AssociationOut, DecodedReading, DeviceStatusOut, Outbound, ReadingOut, Removed, Sighting,
-    SummaryOut, SystemSnapshot,
+    AssociationOut, DecodedReading, DeviceStatusOut, HistoryOut, Outbound, ReadingOut, Removed,
+    Sighting, SummaryOut, SystemSnapshot,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -161,6 +161,7 @@ impl Renderer {
             Outbound::Discovered(s) => self.discovered(s),
             Outbound::System(s) => self.system_status(s, &local()),
             Outbound::Removed(r) => self.removed(r),
+            Outbound::History(h) => self.history(h),
             Outbound::Shutdown { reason } => self.shutdown(reason, Utc::now()),
         }
     }
@@ -338,6 +339,25 @@ impl Renderer {
             retain: true,
             kind: Kind::State,
         }
+    }
+
+    /// `P/device/{mac}/history` (SPEC §5.7): `{device_id, gateway_id, from, to, records}`, records
+    /// oldest first, only the slots that are readings; QoS `mqtt.qos`, not retained, kept like readings.
+    pub fn history(&self, h: &HistoryOut) -> Message {
+        let records: Vec<Value> = h
+            .records
+            .iter()
+            .filter_map(super::history::record)
+            .collect();
+        let readings = || h.records.iter().filter(|r| r.value.is_ok());
+        let body = json!({
+            "device_id": h.mac.to_string(),
+            "gateway_id": self.gateway_id,
+            "from": time_or_null(readings().next().map(|r| r.timestamp)),
+            "to": time_or_null(readings().next_back().map(|r| r.timestamp)),
+            "records": records,
+        });
+        self.message(self.topics.history(h.mac), &body, self.qos, Kind::Reading)
     }
 
     pub fn shutdown(&self, reason: &str, at: DateTime<Utc>) -> Message {

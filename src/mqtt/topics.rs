@@ -21,6 +21,10 @@ impl Topics {
     pub fn status(&self, mac: Mac) -> String {
         format!("{}/device/{mac}/status", self.prefix)
     }
+    /// Records from the monitor's own log (SPEC §1, §5.7).
+    pub fn history(&self, mac: Mac) -> String {
+        format!("{}/device/{mac}/history", self.prefix)
+    }
     pub fn summary(&self, vehicle: &str) -> String {
         format!("{}/vehicle/{vehicle}/summary", self.prefix)
     }

@@ -13,7 +13,15 @@ on a private bus. The scenario file (JSON, written by the Rust test) lists the a
                   "connect": "ok" | "Failed" | "InProgress" | "hang",  # hang: sleep hang_s
                   "request": "hex16",     # the encrypted request the monitor answers (BM6/BM7)
                   "replies": ["hex16"],   # notified after the request (or, without request, streamed)
-                  "stream_ms": 0}]}       # > 0: notify replies[i] every stream_ms after StartNotify (BM2)
+                  "stream_ms": 0,         # > 0: notify replies[i] every stream_ms after StartNotify (BM2)
+                  "mtu": 23,              # ATT MTU reported on the characteristics (history needs >= 163)
+                  "answers": {"hex16": [["hex", ...], ...]},  # the monitor's log (see below)
+                  "notify_ms": 10}]}      # pause between two notifications of one reply
+
+`answers` plays a monitor's stored history (HISTORY-NOTES §5.7): each encrypted command the test expects
+maps to a list of replies (each a list of notifications, any length); the n-th time the command arrives the
+n-th reply is sent (the last one again once they run out), so a spurious first reply can be followed by a
+good one. A command not listed gets no reply at all, as a real monitor ignores what it does not understand.
 
 Frames are computed by the Rust tests with the real model keys; this file does no cryptography: a monitor
 answers only a request that equals the encrypted request, exactly as a real one ignores anything else.
@@ -113,6 +121,7 @@ def add_monitor(mock, spec):
     device.spec = spec
     device.connected = False
     device.timers = []
+    device.answered = {}
     interfaces = {bluez5.DEVICE_IFACE: props}
 
     if spec.get('gatt', True):
@@ -133,7 +142,7 @@ def add_monitor(mock, spec):
                 'Value': dbus.Array([], signature='y', variant_level=1),
                 'Notifying': dbus.Boolean(False, variant_level=1),
                 'Flags': dbus.Array(flags, signature='s', variant_level=1),
-                'MTU': dbus.UInt16(23, variant_level=1),
+                'MTU': dbus.UInt16(spec.get('mtu', 23), variant_level=1),
                 'Handle': dbus.UInt16(handle, variant_level=1),
             }, [
                 ('ReadValue', 'a{sv}', 'ay', 'ret = self.props["%s"]["Value"]' % GATT_CHRC_IFACE),
@@ -200,18 +209,28 @@ def Disconnect(device):
     })
 
 
+def send_all(device, replies, every_ms):
+    replies = list(replies)
+
+    def send_next():
+        if replies:
+            notify(device, replies.pop(0))
+        return bool(replies)
+
+    device.timers.append(GLib.timeout_add(every_ms, send_next))
+
+
 def WriteValue(chrc, value, _options):
     device = chrc.device
     spec = device.spec
-    if spec.get('request') and bytes(value).hex() == spec['request']:
-        replies = list(spec.get('replies', []))
-
-        def send_next():
-            if replies:
-                notify(device, replies.pop(0))
-            return bool(replies)
-
-        device.timers.append(GLib.timeout_add(10, send_next))
+    command = bytes(value).hex()
+    if spec.get('request') and command == spec['request']:
+        send_all(device, spec.get('replies', []), 10)
+    answers = spec.get('answers', {}).get(command)
+    if answers:
+        n = device.answered.get(command, 0)
+        device.answered[command] = n + 1
+        send_all(device, answers[min(n, len(answers) - 1)], spec.get('notify_ms', 10))
 
 
 def StartNotify(chrc):
