@@ -438,6 +438,15 @@ impl Scheduler {
                     self.out.push(Action::Emit(BleEvent::Frame(f)));
                 }
             }
+            Err(LinkError::NotFound) if d.attempt < ATTEMPTS => {
+                // BlueZ no longer knows the device (it forgot it, or lost its cache): find it again.
+                let timeout = secs(self.config.bluetooth.connection_timeout);
+                d.last_heard = None;
+                d.attempt += 1;
+                d.phase = Phase::Finding {
+                    until: now + timeout,
+                };
+            }
             Err(e) => {
                 let retryable = !matches!(e, LinkError::NotFound | LinkError::BadData(_));
                 if retryable && d.attempt < ATTEMPTS {

@@ -8,7 +8,8 @@ on a private bus. The scenario file (JSON, written by the Rust test) lists the a
     {"adapter": "hci0",
      "devices": [{"address": "38:3B:26:B5:30:AB", "name": "BM6", "rssi": -60,
                   "manufacturer": {"76": "0215...", "18190": "..."},   # company id -> hex value
-                  "adverts": ["hex16", ...], "advert_ms": 200,         # rotated encrypted adverts
+                  "adverts": ["hex16" | "CID:hex", ...],               # rotated adverts: encrypted
+                  "advert_ms": 200,                                    # frames, or entries as is
                   "gatt": true,                                        # has the fff0 service
                   "connect": "ok" | "Failed" | "InProgress" | "hang",  # hang: sleep hang_s
                   "request": "hex16",     # the encrypted request the monitor answers (BM6/BM7)
@@ -28,6 +29,11 @@ answers only a request that equals the encrypted request, exactly as a real one 
 
 Extra mock methods on / (org.bluez.Mock): RestoreAdapter() re-creates the adapter and every device after
 the test removed them with RemoveAdapterWithDevices('hci0').
+
+Like bluetoothd, the mock forgets unpaired devices that are not connected `forget_s` seconds (scenario
+key, default 30: bluetoothd's TemporaryTimeout) after discovery stopped, and a new discovery finds again
+every device whose spec does not say `"advertising": false`. `"connect": "hang"` keeps the caller waiting
+`hang_s` seconds without blocking the mock (other devices keep answering meanwhile).
 '''
 
 import json
@@ -59,8 +65,47 @@ def load(mock, parameters):
 
 def build(mock):
     mock.AddAdapter(SCENARIO.get('adapter', 'hci0'), 'battery-hawk-test')
+    adapter = mockobject.objects['/org/bluez/' + SCENARIO.get('adapter', 'hci0')]
+    adapter.forget_timer = None
+    adapter.AddMethod(bluez5.ADAPTER_IFACE, 'StartDiscovery', '', '', start_discovery)
+    adapter.AddMethod(bluez5.ADAPTER_IFACE, 'StopDiscovery', '', '', stop_discovery)
     for spec in SCENARIO.get('devices', []):
         add_monitor(mock, spec)
+
+
+def device_path(spec):
+    return '/org/bluez/' + SCENARIO.get('adapter', 'hci0') + '/dev_' + spec['address'].replace(':', '_').upper()
+
+
+def start_discovery(adapter):
+    bluez5.StartDiscovery(adapter)
+    if adapter.forget_timer is not None:
+        GLib.source_remove(adapter.forget_timer)
+        adapter.forget_timer = None
+    for spec in SCENARIO.get('devices', []):
+        if spec.get('advertising', True) and device_path(spec) not in mockobject.objects:
+            add_monitor(mockobject.objects['/'], spec)
+
+
+def stop_discovery(adapter):
+    bluez5.StopDiscovery(adapter)
+
+    def forget():
+        adapter.forget_timer = None
+        for spec in SCENARIO.get('devices', []):
+            path = device_path(spec)
+            device = mockobject.objects.get(path)
+            if device is None or device.connected:
+                continue
+            for t in device.timers:
+                GLib.source_remove(t)
+            for child in [p for p in mockobject.objects if p == path or p.startswith(path + '/')]:
+                mockobject.objects['/'].RemoveObject(child)
+            mockobject.objects['/'].EmitSignal(OBJECT_MANAGER_IFACE, 'InterfacesRemoved', 'oas',
+                                               [dbus.ObjectPath(path), [bluez5.DEVICE_IFACE]])
+        return False
+
+    adapter.forget_timer = GLib.timeout_add(int(SCENARIO.get('forget_s', 30) * 1000), forget)
 
 
 @dbus.service.method(bluez5.BLUEZ_MOCK_IFACE, in_signature='', out_signature='')
@@ -163,11 +208,16 @@ def add_monitor(mock, spec):
         def advertise():
             if path not in mockobject.objects:
                 return False
-            frame = bytes.fromhex(adverts[state['i'] % len(adverts)])
+            entry = adverts[state['i'] % len(adverts)]
             state['i'] += 1
-            cid = frame[0] | (frame[1] << 8)
-            emit_changed(device, bluez5.DEVICE_IFACE,
-                         {'ManufacturerData': manufacturer({str(cid): frame[2:].hex()})})
+            if ':' in entry:
+                # "CID:HEX": a manufacturer entry as is (an iBeacon: "76:0215...").
+                cid, value = entry.split(':', 1)
+                data = {cid: value}
+            else:
+                frame = bytes.fromhex(entry)
+                data = {str(frame[0] | (frame[1] << 8)): frame[2:].hex()}
+            emit_changed(device, bluez5.DEVICE_IFACE, {'ManufacturerData': manufacturer(data)})
             return True
 
         GLib.timeout_add(spec.get('advert_ms', 200), advertise)
@@ -185,8 +235,14 @@ def notify(device, frame_hex):
 def Connect(device):
     how = device.spec.get('connect', 'ok')
     if how == 'hang':
-        # Never answers in time: the caller's connection timeout must fire (this blocks the mock).
-        time.sleep(device.spec.get('hang_s', 3))
+        # Never answers in time: the caller's connection timeout must fire. The main loop keeps running
+        # meanwhile, so the other devices go on answering.
+        hang_s = device.spec.get('hang_s', 3)
+        end = time.time() + hang_s
+        GLib.timeout_add(int(hang_s * 1000) + 10, lambda: False)
+        context = GLib.MainContext.default()
+        while time.time() < end:
+            context.iteration(True)
         raise dbus.exceptions.DBusException('le-connection-abort-by-local',
                                             name='org.bluez.Error.Failed')
     if how != 'ok':

@@ -78,7 +78,7 @@ impl FakeBluez {
             .args(["-m", "dbusmock", "--system", "--template", template, "-p"])
             .arg(params.to_string())
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("python3-dbusmock is needed: run scripts/test.sh");
@@ -137,6 +137,30 @@ impl FakeBluez {
             &format!("string:{method}"),
         ]);
         out.matches("struct {").count()
+    }
+
+    /// How many times `method` was called on the adapter `hci0`.
+    pub fn adapter_calls(&self, method: &str) -> usize {
+        let out = self.send(&[
+            "--dest=org.bluez",
+            "/org/bluez/hci0",
+            "org.freedesktop.DBus.Mock.GetMethodCalls",
+            &format!("string:{method}"),
+        ]);
+        out.matches("struct {").count()
+    }
+
+    /// How many property reads (`Get`/`GetAll`) of the device `mac` the mock answered.
+    pub fn property_reads(&self, mac: &str) -> usize {
+        let path = format!("/org/bluez/hci0/dev_{}", mac.replace(':', "_"));
+        self.mock_log()
+            .lines()
+            .filter(|l| {
+                let mut words = l.split_whitespace().skip(1);
+                matches!(words.next(), Some("Get" | "GetAll"))
+                    && words.next() == Some(path.as_str())
+            })
+            .count()
     }
 
     /// bluetoothd going away: the bus name disappears.
