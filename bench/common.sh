@@ -1,5 +1,7 @@
 # Sourced by the bench scripts: a release build, a work directory, a local mosquitto on a free port, and
-# a gateway configuration for N simulated BM6 monitors.
+# a gateway configuration for N simulated BM6 monitors. They are read passively through the real scheduler
+# on the simulated air: each advertises every INTERVAL_MS and gives at most one reading per second
+# (poll_interval = 1), so the offered load is N readings/s.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${BIN:-target/release/battery-hawk}
@@ -13,6 +15,7 @@ printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000
 gateway_config() {
   printf '[gateway]\nid = "bench"\nstate_dir = "%s/state"\n[logging]\ntarget = "stderr"\nlevel = "warn"\n' "$work"
   printf '[mqtt]\nbroker = "127.0.0.1"\nport = %s\nstatus_interval = %s\noutbox_capacity = %s\n' "$port" "$3" "${OUTBOX_CAPACITY:-1000000}"
-  printf '%s[bluetooth]\nbackend = "simulated"\n[simulation]\ninterval_ms = %s\n' "${4:-}" "$2"
+  printf '%s[bluetooth]\nbackend = "simulated"\n[defaults]\npoll_interval = 1\nmode = "passive"\n' "${4:-}"
+  printf '[simulation]\ninterval_ms = %s\n' "$2"
   for i in $(seq 1 "$1"); do printf '[[device]]\nmac = "AA:00:00:00:%02X:%02X"\ntype = "BM6"\n' $((i / 256)) $((i % 256)); done
 }

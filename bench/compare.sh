@@ -5,13 +5,13 @@
 # subscriber doubles the broker's work per message, and the broker, not the publishers, becomes the limit. Each reading travels with the device status it causes (SPEC §1),
 # so every publisher sends the same stream: a ~430-byte reading, then a retained ~330-byte status, QoS 1,
 # inflight 100:
-#   - the gateway pipeline: N simulated monitors producing frames faster than it can publish (N × 100/s)
-#     → decode → fleet → MQTT. The bench config keeps readings in memory (outbox 100,000, spool off), so
+#   - the gateway pipeline: N simulated passive monitors, one reading per second each (N/s offered), through
+#     the scheduler → decode → fleet → MQTT. The bench config keeps readings in memory (outbox 100,000, spool off), so
 #     overload drops the oldest readings instead of writing them to disk;
 #   - a minimal Python paho-mqtt publisher (the library the Python gateways use);
 #   - a bare rumqttc publisher (the single-connection ceiling).
-# Prints median and range over RUNS runs, and the ratios. Usage: bench/compare.sh [runs=3] [monitors=1000]
-RUNS=${1:-3}; N=${2:-1000}; WINDOW=5
+# Prints median and range over RUNS runs, and the ratios. Usage: bench/compare.sh [runs=3] [monitors=20000]
+RUNS=${1:-3}; N=${2:-20000}; WINDOW=5
 source "$(dirname "$0")/common.sh"
 cargo build --release --locked --quiet
 cargo build --release --locked --quiet --example bare_publisher
@@ -27,7 +27,7 @@ json.dump({"device_id": "AA:00:00:00:00:01", "timestamp": "2026-01-01T00:00:00.0
           open(sys.argv[1], "w"), separators=(",", ":"))
 PY
 
-OUTBOX_CAPACITY=100000 gateway_config "$N" 10 3600 $'spool_max_mb = 0\n[homeassistant]\nenabled = false\n' \
+OUTBOX_CAPACITY=100000 gateway_config "$N" 500 3600 $'spool_max_mb = 0\n[homeassistant]\nenabled = false\n' \
   > "$work/config.toml"
 
 # count TOPIC_FILTER COMMAND...: start COMMAND, count readings on TOPIC_FILTER over the window, stop it.

@@ -471,7 +471,9 @@ impl Scheduler {
         }
         d.stream_retry = STREAM_RETRY_FIRST;
         d.last_heard = Some(now);
-        let free = d.last_emit.is_none_or(|t| now >= t + d.interval);
+        let free = d
+            .last_emit
+            .is_none_or(|t| now >= t + d.interval - slack(d.interval));
         if free {
             d.last_emit = Some(now);
             d.pending = None;
@@ -695,7 +697,9 @@ impl Scheduler {
             }
             None => return,
         };
-        if d.last_emit.is_some_and(|t| now < t + d.interval) {
+        if d.last_emit
+            .is_some_and(|t| now < t + d.interval - slack(d.interval))
+        {
             return;
         }
         d.last_emit = Some(now);
@@ -917,6 +921,13 @@ fn newest_entries<'a>(
     } else {
         changed
     }
+}
+
+/// How much earlier than a full interval after the last one a reading may be handed on: adverts and
+/// notifications come at their own pace (about one a second), so "one per interval" compared exactly
+/// would drop every other reading whenever an advert lands a hair before the interval is over.
+fn slack(interval: Duration) -> Duration {
+    interval / 20
 }
 
 fn secs(s: u64) -> Duration {
