@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real Home Assistant check (issue 14): a current Home Assistant from PyPI, in a Debian chroot whose
 # Python it supports, runs on loopback against a test mosquitto and the gateway (`battery-hawk run`,
-# simulated Bluetooth, built from this tree); check.py then reads Home Assistant's own records.
+# simulated Bluetooth, built from this tree); check.py then reads Home Assistant's own records (world.py
+# runs the processes and reads the records, check.py holds the checks).
 #
 # Cached between runs on one machine (outside the repository, so a fresh CI clone finds it warm):
 #   $BH_HA_CACHE (default /var/cache/battery-hawk-test/ha)/rootfs-<suite>        debootstrap of <suite>
