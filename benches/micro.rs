@@ -143,6 +143,7 @@ fn main() {
             state_of_charge: Some(80.0),
             temperature: Some(21.0),
             last_reading: Some(Utc::now()),
+            pending: false,
         })
         .collect();
     measure("summary: summarize 4 monitors", |_| {

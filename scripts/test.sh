@@ -27,5 +27,6 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+tests/ha-real/run.sh   # a real Home Assistant against the gateway (cached in /var/cache/battery-hawk-test)
 echo "== packaging (deb, install/purge, ARM under qemu)"
 packaging/check.sh

@@ -204,9 +204,25 @@ pub struct DeviceStatusOut {
     pub rssi: Option<i16>,
     pub consecutive_failures: u32,
     pub mode: Mode,
-    /// The device's name (config, registry, or model) and poll interval (s), for observers.
+    /// The device's name (config, registry, or model and MAC) and poll interval (s), for observers.
     pub name: String,
     pub poll_interval: u64,
+    /// The latest accepted reading (SPEC §2.2 `reading`, revision 2); `None` before the first one.
+    pub reading: Option<LatestReading>,
+}
+
+/// A device's latest accepted reading, carried by every status so that the retained status is the
+/// device's current state (SPEC §2.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestReading {
+    pub model: Model,
+    pub source: Source,
+    pub measurement: Measurement,
+    /// dBm, as received with the frame.
+    pub rssi: Option<i16>,
+    pub received_at: DateTime<Utc>,
+    /// Nominal capacity (Ah) configured for the battery, if any.
+    pub capacity_ah: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -218,8 +234,10 @@ pub struct SummaryOut {
     pub connected_devices: usize,
     pub average_voltage: Option<f64>,
     pub total_capacity: f64,
-    pub overall_health: &'static str,
-    pub health_score: f64,
+    /// `None` while no verdict can be given: no devices, or a device not yet tried in this run.
+    pub overall_health: Option<&'static str>,
+    /// 0–1; `None` exactly when `overall_health` is.
+    pub health_score: Option<f64>,
     pub devices: Vec<SummaryDevice>,
 }
 
@@ -233,6 +251,8 @@ pub struct SummaryDevice {
     pub state_of_charge: Option<f64>,
     pub temperature: Option<f64>,
     pub last_reading: Option<DateTime<Utc>>,
+    /// Not yet tried in this run (no reading and no failure since the gateway started): not scored.
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,7 @@
 //! Home Assistant discovery against a real mosquitto: configs, the JSON paths their templates read,
-//! re-announcing on `homeassistant/status online`, removal after a reload, and turning it off.
+//! configs published before the state they read, re-announcing on `homeassistant/status online`,
+//! removal after a reload (empty config before the state is cleared), and turning it off.
+//! (tests/ha-real/run.sh runs a real Home Assistant against the gateway.)
 
 mod common;
 
@@ -27,15 +29,22 @@ fn config_topic(object: &str) -> String {
     format!("homeassistant/device/{object}/config")
 }
 
-/// `{{ value_json.a.b }}` → ["a", "b"].
+/// `{{ value_json.a.b }}` or `{{ value_json.a.b if … }}` → ["a", "b"].
 fn template_path(template: &str) -> Option<Vec<String>> {
     let inner = template
         .trim()
         .strip_prefix("{{")?
         .strip_suffix("}}")?
         .trim();
-    let path = inner.strip_prefix("value_json.")?;
+    let path = inner.strip_prefix("value_json.")?.split(' ').next()?;
     Some(path.split('.').map(str::to_string).collect())
+}
+
+/// Index of the first message on `topic` (with a non-empty payload if `full`).
+fn first_on(seen: &[Received], topic: &str, full: bool) -> usize {
+    seen.iter()
+        .position(|r| r.topic == topic && (!full || !r.payload.is_empty()))
+        .unwrap_or_else(|| panic!("nothing on {topic}"))
 }
 
 fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
@@ -80,7 +89,14 @@ fn discovery_configs_match_the_payloads_they_read() {
     assert_eq!(v["cmps"]["voltage"]["state_class"], "measurement");
     assert_eq!(v["cmps"]["soc"]["device_class"], "battery");
     assert_eq!(v["cmps"]["temperature"]["unit_of_measurement"], "°C");
-    assert_eq!(v["cmps"]["state"]["device_class"], "enum");
+    assert!(
+        v["cmps"]["state"].get("device_class").is_none(),
+        "free text: unknown_<n> cannot be listed as enum options"
+    );
+    assert_eq!(
+        v["cmps"]["voltage"]["state_topic"], "battery_hawk/device/AA:BB:CC:00:00:11/status",
+        "measurements read the retained status"
+    );
     assert_eq!(v["cmps"]["rssi"]["entity_category"], "diagnostic");
     assert_eq!(v["cmps"]["last_reading"]["device_class"], "timestamp");
     assert_eq!(v["availability_mode"], "all");
@@ -94,8 +110,23 @@ fn discovery_configs_match_the_payloads_they_read() {
     );
     let b = bm2.json();
     assert!(
-        b["cmps"].get("temperature").is_none(),
-        "the BM2 measures no temperature"
+        b["cmps"].get("temperature").is_none() && b["cmps"].get("state").is_none(),
+        "the passive BM2 measures no temperature or state"
+    );
+    let g = gw.json();
+    for (key, c) in g["cmps"].as_object().unwrap() {
+        assert_eq!(c["entity_category"], "diagnostic", "{key}");
+        if key != "connectivity" {
+            assert_eq!(
+                c["availability"][0]["topic"], "battery_hawk/system/availability",
+                "{key}"
+            );
+        }
+    }
+    let h = van.json();
+    assert_eq!(
+        h["cmps"]["health"]["options"],
+        serde_json::json!(["excellent", "good", "fair", "poor"])
     );
     assert_eq!(
         b["cmps"]["voltage"]["expire_after"], 30,
@@ -109,9 +140,42 @@ fn discovery_configs_match_the_payloads_they_read() {
     sub.wait_for(T, "BM2 reading", |r| {
         r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/reading"
     });
+    sub.wait_for(T, "BM2 status", |r| {
+        r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/status"
+    });
     sub.wait_for(T, "system status", |r| {
         r.topic == "battery_hawk/system/status"
     });
+    // Every config went out before the state its entities read.
+    for (config, state) in [
+        (&bm6, "battery_hawk/device/AA:BB:CC:00:00:11/status"),
+        (&bm2, "battery_hawk/device/AA:BB:CC:00:00:12/status"),
+        (&van, "battery_hawk/vehicle/van/summary"),
+    ] {
+        assert!(
+            first_on(&sub.seen, &config.topic, true) < first_on(&sub.seen, state, false),
+            "{} after {state}",
+            config.topic
+        );
+    }
+    // The status carries the device's latest reading (SPEC §2.2).
+    let reading = sub
+        .seen
+        .iter()
+        .rev()
+        .find(|r| r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/reading")
+        .unwrap()
+        .json();
+    let status = sub
+        .wait_for(T, "BM2 status after that reading", |r| {
+            r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/status"
+                && r.json()["reading"]["timestamp"] == reading["timestamp"]
+        })
+        .json();
+    for k in ["voltage", "state_of_charge", "temperature", "device_type"] {
+        assert_eq!(status["reading"][k], reading[k], "{k}");
+    }
+    assert!(status["reading"]["extra"].get("raw_data").is_none());
     let latest: HashMap<&str, &Received> = sub.seen.iter().map(|r| (r.topic.as_str(), r)).collect();
     let mut checked = 0;
     for config in [&bm6, &bm2, &van, &gw] {
@@ -199,6 +263,16 @@ fn a_device_removed_by_reload_loses_its_entities() {
     sub.wait_for(T, "cleared BM2 status", |r| {
         r.topic == "battery_hawk/device/AA:BB:CC:00:00:12/status" && r.payload.is_empty()
     });
+    let position = |topic: &str| {
+        sub.seen
+            .iter()
+            .rposition(|r| r.topic == topic && r.payload.is_empty())
+            .unwrap()
+    };
+    assert!(
+        position(&topic) < position("battery_hawk/device/AA:BB:CC:00:00:12/status"),
+        "the empty config goes out before the state is cleared"
+    );
     // Nothing retained is left for it: a newcomer sees no ghost.
     let mut late = Subscriber::connect(broker.port, "#");
     late.drain_for(Duration::from_millis(700));

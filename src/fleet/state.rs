@@ -6,11 +6,12 @@
 use super::registry::{KnownDevice, Registry};
 use super::summary::summarize;
 use crate::config::{Config, Mode};
-use crate::devices::{Measurement, Model, Source};
+use crate::devices::{Model, Source};
 use crate::mac::Mac;
 use crate::messages::{
-    AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, LinkError, Notice,
-    Outbound, ReadingOut, Removed, Sighting, SummaryDevice, SummaryOut, SystemSnapshot,
+    AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, LatestReading,
+    LinkError, Notice, Outbound, ReadingOut, Removed, Sighting, SummaryDevice, SummaryOut,
+    SystemSnapshot,
 };
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,9 +27,15 @@ struct Live {
     reachable: bool,
     error: Option<(u16, String)>,
     consecutive_failures: u32,
-    last: Option<(Measurement, DateTime<Utc>)>,
+    /// The latest accepted reading (its `capacity_ah` is filled in from the config when published).
+    last: Option<LatestReading>,
     rssi: Option<i16>,
     last_advert: Option<DateTime<Utc>>,
+    /// A reading or a failure was seen in this run: the device is no longer pending.
+    attempted: bool,
+    /// When the device became active in this run: a passive device never heard from is unreachable
+    /// [`PASSIVE_GRACE_INTERVALS`] poll intervals later.
+    since: Option<DateTime<Utc>>,
 }
 
 /// A device as configured, with the registry filling the gaps.
@@ -87,6 +94,7 @@ impl Fleet {
     pub fn start(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
         let mut out = Vec::new();
         self.reconcile(now, &mut out);
+        self.track_new(now);
         for v in self.vehicle_ids() {
             self.refresh_summary(&v, now, &mut out);
         }
@@ -133,7 +141,8 @@ impl Fleet {
         out
     }
 
-    /// Passive devices whose adverts stopped become unreachable (SPEC §2.2).
+    /// Passive devices whose adverts stopped, or never came since they became active, become
+    /// unreachable (SPEC §2.2).
     pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
         let mut out = Vec::new();
         let expired: Vec<Mac> = self
@@ -141,7 +150,8 @@ impl Fleet {
             .iter()
             .filter(|mac| {
                 self.live.get(mac).is_some_and(|l| {
-                    l.reachable && self.passive_deadline(mac, l).is_some_and(|d| d <= now)
+                    (l.reachable || !l.attempted)
+                        && self.passive_deadline(mac, l).is_some_and(|d| d <= now)
                 })
             })
             .copied()
@@ -163,7 +173,7 @@ impl Fleet {
     /// When the passive device `mac` expires if it stays silent (`None` for other devices).
     pub fn expiry_of(&self, mac: &Mac) -> Option<DateTime<Utc>> {
         let live = self.live.get(mac)?;
-        live.reachable.then_some(())?;
+        (live.reachable || !live.attempted).then_some(())?;
         self.passive_deadline(mac, live)
     }
 
@@ -201,7 +211,17 @@ impl Fleet {
         let v = self.view(mac)?;
         (v.mode == Mode::Passive).then_some(())?;
         let grace = Duration::seconds(PASSIVE_GRACE_INTERVALS * v.poll_interval as i64);
-        l.last_advert.map(|t| t + grace)
+        l.last_advert
+            .or(if l.attempted { None } else { l.since })
+            .map(|t| t + grace)
+    }
+
+    /// Start the pending period of every active device that has none yet (at start, after a reload
+    /// or an auto-configuration).
+    fn track_new(&mut self, now: DateTime<Utc>) {
+        for mac in self.views.keys() {
+            self.live.entry(*mac).or_default().since.get_or_insert(now);
+        }
     }
 
     fn on_reading(&mut self, r: DecodedReading, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
@@ -223,7 +243,15 @@ impl Fleet {
         live.reachable = true;
         live.error = None;
         live.consecutive_failures = 0;
-        live.last = Some((r.measurement.clone(), r.received_at));
+        live.attempted = true;
+        live.last = Some(LatestReading {
+            model: r.model,
+            source: r.source,
+            measurement: r.measurement.clone(),
+            rssi: r.rssi,
+            received_at: r.received_at,
+            capacity_ah: None,
+        });
         if r.rssi.is_some() {
             live.rssi = r.rssi;
         }
@@ -255,6 +283,7 @@ impl Fleet {
     ) {
         let live = self.live.entry(mac).or_default();
         live.reachable = false;
+        live.attempted = true;
         live.error = Some((error.code(), error.message()));
         live.consecutive_failures = live.consecutive_failures.saturating_add(1);
         out.push(Outbound::DeviceStatus(self.status(mac, now)));
@@ -304,6 +333,7 @@ impl Fleet {
         }
         self.registry_dirty = true;
         self.rebuild();
+        self.track_new(now);
         log::info!(
             "auto-configured {mac} ({model}, {}) in new vehicle {id}",
             mode.as_str()
@@ -394,6 +424,7 @@ impl Fleet {
     ) {
         let views = &self.views;
         self.live.retain(|mac, _| views.contains_key(mac));
+        self.track_new(now);
         for mac in devices_before
             .iter()
             .filter(|m| !self.views.contains_key(m))
@@ -480,9 +511,8 @@ impl Fleet {
                 .or_else(|| known.and_then(|k| k.device_type.as_deref().and_then(Model::by_name)));
             let name = conf
                 .and_then(|c| c.name.clone())
-                .or_else(|| known.and_then(|k| k.name.clone()))
-                .or_else(|| model.map(|m| m.name().to_string()))
-                .unwrap_or_else(|| mac.to_string());
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| default_name(model, mac));
             let view = View {
                 model,
                 name,
@@ -535,12 +565,16 @@ impl Fleet {
             model: view.and_then(|v| v.model).or(live.and_then(|l| l.model)),
             vehicle_id: view.and_then(|v| v.vehicle.clone()),
             error: live.and_then(|l| l.error.clone()),
-            last_reading_at: live.and_then(|l| l.last.as_ref().map(|(_, t)| *t)),
+            last_reading_at: live.and_then(|l| l.last.as_ref().map(|r| r.received_at)),
             rssi: live.and_then(|l| l.rssi),
             consecutive_failures: live.map_or(0, |l| l.consecutive_failures),
             mode: view.map_or(self.config.defaults.mode, |v| v.mode),
             name: view.map_or_else(|| mac.to_string(), |v| v.name.clone()),
             poll_interval: view.map_or(self.config.defaults.poll_interval, |v| v.poll_interval),
+            reading: live.and_then(|l| l.last.clone()).map(|r| LatestReading {
+                capacity_ah: view.and_then(|v| v.capacity),
+                ..r
+            }),
         }
     }
 
@@ -573,10 +607,11 @@ impl Fleet {
                     name: view.name.clone(),
                     model: view.model.or(live.and_then(|l| l.model)),
                     connected: live.is_some_and(|l| l.reachable),
-                    voltage: last.and_then(|(m, _)| m.voltage),
-                    state_of_charge: last.and_then(|(m, _)| m.state_of_charge),
-                    temperature: last.and_then(|(m, _)| m.temperature),
-                    last_reading: last.map(|(_, t)| *t),
+                    voltage: last.and_then(|r| r.measurement.voltage),
+                    state_of_charge: last.and_then(|r| r.measurement.state_of_charge),
+                    temperature: last.and_then(|r| r.measurement.temperature),
+                    last_reading: last.map(|r| r.received_at),
+                    pending: live.is_none_or(|l| !l.attempted),
                 })
             })
             .collect();
@@ -590,6 +625,14 @@ impl Fleet {
             out.push(Outbound::Summary(summary));
         }
     }
+}
+
+/// The name of a device the config leaves unnamed (or names with blanks): its model and the last three
+/// bytes of its MAC, e.g. `BM6 DD:EE:FF`, so that two monitors of one model stay apart.
+fn default_name(model: Option<Model>, mac: Mac) -> String {
+    let text = mac.to_string();
+    let tail = &text[text.len() - 8..];
+    format!("{} {tail}", model.map_or("Monitor", |m| m.name()))
 }
 
 #[cfg(test)]

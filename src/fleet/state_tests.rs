@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::Config;
+use crate::devices::Measurement;
 use std::path::Path;
 
 const BM6: &str = "AA:BB:CC:DD:EE:01";
@@ -100,7 +101,19 @@ fn a_reading_publishes_discovery_once_then_reading_status_summary() {
     };
     assert_eq!(
         (s.connected_devices, s.health_score, s.total_capacity),
-        (1, 0.85, 50.0)
+        (1, Some(0.85), 50.0)
+    );
+    let Outbound::DeviceStatus(st) = &out[2] else {
+        unreachable!()
+    };
+    let latest = st.reading.as_ref().expect("the status carries the reading");
+    assert_eq!(
+        (
+            latest.measurement.voltage,
+            latest.capacity_ah,
+            latest.source
+        ),
+        (Some(12.6), Some(50.0), Source::Gatt)
     );
     // Same values again: the summary is cached.
     let out = f.handle(reading(BM6, 12.6, 85.0, Source::Gatt), Utc::now());
@@ -278,4 +291,102 @@ fn stopping_sends_a_final_snapshot_then_shutdown() {
         unreachable!()
     };
     assert!(!s.running);
+}
+
+const TWO_IN_VAN: &str = "[[vehicle]]\nid = \"van\"\n\
+                          [[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\ntype = \"BM6\"\nvehicle = \"van\"\n\
+                          [[device]]\nmac = \"AA:BB:CC:DD:EE:02\"\ntype = \"BM6\"\nvehicle = \"van\"\n";
+
+fn summaries(out: &[Outbound]) -> Vec<(Option<&'static str>, Option<f64>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outbound::Summary(s) => Some((s.overall_health, s.health_score)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn no_health_verdict_until_every_device_was_tried() {
+    let mut f = fleet(TWO_IN_VAN);
+    assert_eq!(summaries(&f.start(Utc::now())), [(None, None)]);
+    // One good reading, the other device not tried yet: still no verdict (no false `poor`).
+    let out = f.handle(reading(BM6, 12.6, 90.0, Source::Gatt), Utc::now());
+    assert_eq!(summaries(&out), [(None, None)]);
+    let out = f.handle(
+        FleetEvent::Notice(Notice::PollFailed {
+            mac: "AA:BB:CC:DD:EE:02".parse().unwrap(),
+            model: Some(bm6()),
+            error: LinkError::Timeout,
+        }),
+        Utc::now(),
+    );
+    assert_eq!(summaries(&out), [(Some("fair"), Some(0.45))]);
+}
+
+#[test]
+fn a_status_before_the_first_reading_has_none() {
+    let mut f = fleet(ONE_VAN);
+    f.start(Utc::now());
+    let out = f.handle(
+        FleetEvent::Notice(Notice::PollFailed {
+            mac: BM6.parse().unwrap(),
+            model: Some(bm6()),
+            error: LinkError::Timeout,
+        }),
+        Utc::now(),
+    );
+    let Some(Outbound::DeviceStatus(st)) = out.first() else {
+        panic!("{:?}", kinds(&out))
+    };
+    assert!(st.reading.is_none());
+}
+
+#[test]
+fn a_silent_passive_device_stops_being_pending_after_its_grace() {
+    let mut f = fleet(
+        "[[vehicle]]\nid = \"van\"\n\
+         [[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\ntype = \"BM6\"\nvehicle = \"van\"\n\
+         mode = \"passive\"\npoll_interval = 60\n",
+    );
+    let t0 = Utc::now();
+    f.start(t0);
+    let due = f
+        .next_expiry()
+        .expect("a deadline for the never-heard device");
+    assert_eq!(due, t0 + Duration::seconds(180));
+    assert!(f.expire(due - Duration::seconds(1)).is_empty());
+    let out = f.expire(due);
+    assert_eq!(kinds(&out), ["status", "summary"]);
+    assert_eq!(summaries(&out), [(Some("poor"), Some(0.0))]);
+    let Outbound::DeviceStatus(st) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(st.error.as_ref().map(|e| e.0), Some(1003));
+    assert_eq!(f.next_expiry(), None, "expired once, not again");
+}
+
+#[test]
+fn an_unnamed_device_is_named_by_model_and_mac_tail() {
+    let mut f = fleet(
+        "[[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\ntype = \"BM6\"\nname = \" \"\n\
+         [[device]]\nmac = \"AA:BB:CC:DD:EE:02\"\n",
+    );
+    f.start(Utc::now());
+    let name = |f: &mut Fleet, mac: &str| {
+        let out = f.handle(
+            FleetEvent::Notice(Notice::PollFailed {
+                mac: mac.parse().unwrap(),
+                model: None,
+                error: LinkError::Timeout,
+            }),
+            Utc::now(),
+        );
+        match &out[0] {
+            Outbound::DeviceStatus(s) => s.name.clone(),
+            _ => panic!("{:?}", kinds(&out)),
+        }
+    };
+    assert_eq!(name(&mut f, "AA:BB:CC:DD:EE:01"), "BM6 DD:EE:01");
+    assert_eq!(name(&mut f, "AA:BB:CC:DD:EE:02"), "Monitor DD:EE:02");
 }

@@ -18,10 +18,9 @@ fn device_score(d: &SummaryDevice) -> f64 {
     d.state_of_charge.map_or(1.0, |s| s / 100.0)
 }
 
-/// `excellent` ≥ 0.8, `good` ≥ 0.6, `fair` ≥ 0.4, else `poor`; `unknown` without devices.
-pub fn health_label(score: f64, devices: usize) -> &'static str {
+/// `excellent` ≥ 0.8, `good` ≥ 0.6, `fair` ≥ 0.4, else `poor`.
+pub fn health_label(score: f64) -> &'static str {
     match score {
-        _ if devices == 0 => "unknown",
         s if s >= 0.8 => "excellent",
         s if s >= 0.6 => "good",
         s if s >= 0.4 => "fair",
@@ -29,7 +28,9 @@ pub fn health_label(score: f64, devices: usize) -> &'static str {
     }
 }
 
-/// Build the summary of one vehicle.
+/// Build the summary of one vehicle. Health and score are `None` (published as `null`) when no verdict
+/// can be given: the vehicle has no devices, or one of them is still pending (not tried in this run), so
+/// that a gateway start does not publish a false `poor` before the first readings.
 pub fn summarize(
     vehicle_id: &str,
     name: &str,
@@ -40,11 +41,8 @@ pub fn summarize(
     let voltages: Vec<f64> = devices.iter().filter_map(|d| d.voltage).collect();
     let average_voltage = (!voltages.is_empty())
         .then(|| round2(voltages.iter().sum::<f64>() / voltages.len() as f64));
-    let score = if devices.is_empty() {
-        0.0
-    } else {
-        round2(devices.iter().map(device_score).sum::<f64>() / devices.len() as f64)
-    };
+    let score = (!devices.is_empty() && !devices.iter().any(|d| d.pending))
+        .then(|| round2(devices.iter().map(device_score).sum::<f64>() / devices.len() as f64));
     SummaryOut {
         vehicle_id: vehicle_id.to_string(),
         name: name.to_string(),
@@ -53,7 +51,7 @@ pub fn summarize(
         connected_devices: devices.iter().filter(|d| d.connected).count(),
         average_voltage,
         total_capacity: round2(total_capacity),
-        overall_health: health_label(score, devices.len()),
+        overall_health: score.map(health_label),
         health_score: score,
         devices,
     }
@@ -86,6 +84,7 @@ mod tests {
             state_of_charge: soc,
             temperature: None,
             last_reading: Some(Utc::now()),
+            pending: false,
         }
     }
 
@@ -105,8 +104,8 @@ mod tests {
         assert_eq!(s.total_devices, 3);
         assert_eq!(s.connected_devices, 2);
         assert_eq!(s.average_voltage, Some(12.4));
-        assert_eq!(s.health_score, 0.45);
-        assert_eq!(s.overall_health, "fair");
+        assert_eq!(s.health_score, Some(0.45));
+        assert_eq!(s.overall_health, Some("fair"));
     }
 
     #[test]
@@ -118,7 +117,10 @@ mod tests {
             0.0,
             Utc::now(),
         );
-        assert_eq!((s.health_score, s.overall_health), (1.0, "excellent"));
+        assert_eq!(
+            (s.health_score, s.overall_health),
+            (Some(1.0), Some("excellent"))
+        );
         let s = summarize(
             "v",
             "v",
@@ -126,7 +128,10 @@ mod tests {
             0.0,
             Utc::now(),
         );
-        assert_eq!((s.health_score, s.overall_health), (0.0, "poor"));
+        assert_eq!(
+            (s.health_score, s.overall_health),
+            (Some(0.0), Some("poor"))
+        );
     }
 
     #[test]
@@ -142,7 +147,10 @@ mod tests {
             Utc::now(),
         );
         assert_eq!(s.average_voltage, Some(12.6));
-        assert_eq!((s.health_score, s.overall_health), (0.7, "good"));
+        assert_eq!(
+            (s.health_score, s.overall_health),
+            (Some(0.7), Some("good"))
+        );
         let s = summarize(
             "v",
             "v",
@@ -150,18 +158,53 @@ mod tests {
             0.0,
             Utc::now(),
         );
-        assert_eq!((s.average_voltage, s.health_score), (None, 0.6));
+        assert_eq!((s.average_voltage, s.health_score), (None, Some(0.6)));
     }
 
     #[test]
     fn thresholds_and_empty_vehicle() {
-        assert_eq!(health_label(0.8, 1), "excellent");
-        assert_eq!(health_label(0.79, 1), "good");
-        assert_eq!(health_label(0.6, 1), "good");
-        assert_eq!(health_label(0.4, 1), "fair");
-        assert_eq!(health_label(0.39, 1), "poor");
+        assert_eq!(health_label(0.8), "excellent");
+        assert_eq!(health_label(0.79), "good");
+        assert_eq!(health_label(0.6), "good");
+        assert_eq!(health_label(0.4), "fair");
+        assert_eq!(health_label(0.39), "poor");
         let s = summarize("v", "v", vec![], 0.0, Utc::now());
-        assert_eq!((s.overall_health, s.average_voltage), ("unknown", None));
+        assert_eq!(
+            (s.overall_health, s.health_score, s.average_voltage),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn no_verdict_while_a_device_is_pending() {
+        let mut waiting = dev(2, false, None, None);
+        waiting.pending = true;
+        let s = summarize(
+            "v",
+            "v",
+            vec![dev(1, true, Some(12.6), Some(90.0)), waiting.clone()],
+            0.0,
+            Utc::now(),
+        );
+        assert_eq!((s.overall_health, s.health_score), (None, None));
+        assert_eq!(
+            s.average_voltage,
+            Some(12.6),
+            "what is known is still shown"
+        );
+        waiting.pending = false;
+        let s = summarize(
+            "v",
+            "v",
+            vec![dev(1, true, Some(12.6), Some(90.0)), waiting],
+            0.0,
+            Utc::now(),
+        );
+        assert_eq!(
+            (s.overall_health, s.health_score),
+            (Some("fair"), Some(0.45)),
+            "a failed first attempt scores 0"
+        );
     }
 
     #[test]

@@ -4,10 +4,17 @@
 //! monitor, vehicle and the gateway itself, their removal (an empty retained config), and re-announcing
 //! them when Home Assistant comes online. It is fed the same [`Outbound`] events the MQTT stage publishes
 //! and only adds messages: the core never calls it, and nothing here changes what the core publishes.
+//! The MQTT stage publishes what [`HomeAssistant::observe`] returns *before* the message observed, so a
+//! config always precedes the state its entities read, and an empty config precedes the clearing of
+//! that state (no template renders against an empty payload).
+//!
+//! A monitor's measurement entities read the retained device status's `reading` (SPEC §2.2), never the
+//! `…/reading` time series: Home Assistant subscribing after a config change or its own restart gets the
+//! current value at once, and no first reading is lost.
 
 use super::payload::{Kind, Message};
 use super::topics::Topics;
-use crate::config;
+use crate::config::{self, Mode};
 use crate::devices::Model;
 use crate::mac::Mac;
 use crate::messages::{Outbound, Removed};
@@ -25,6 +32,21 @@ struct Monitor {
     model: Option<Model>,
     name: String,
     poll_interval: u64,
+    mode: Mode,
+}
+
+impl Monitor {
+    /// Temperature and the monitor's state come only from a GATT reading of a model that measures
+    /// temperature; a `passive` device's advertisements carry voltage and SoC only (SPEC §5.4).
+    fn measures_temperature_and_state(&self) -> bool {
+        self.mode != Mode::Passive && self.model.is_none_or(|m| m.measures_temperature())
+    }
+}
+
+/// A template reading `field` of the status's latest reading; `None` (Home Assistant's "no value")
+/// before the first reading.
+fn from_reading(field: &str) -> String {
+    format!("{{{{ value_json.reading.{field} if value_json.reading else None }}}}")
 }
 
 pub struct HomeAssistant {
@@ -88,6 +110,7 @@ impl HomeAssistant {
                     model: s.model,
                     name: s.name.clone(),
                     poll_interval: s.poll_interval,
+                    mode: s.mode,
                 };
                 if self.monitors.get(&s.mac) != Some(&m) {
                     msgs.push(self.monitor_config(s.mac, &m));
@@ -183,7 +206,6 @@ impl HomeAssistant {
 
     fn monitor_config(&self, mac: Mac, m: &Monitor) -> Message {
         let object = object_id(&["battery_hawk", &mac_id(mac)]);
-        let reading = self.topics.reading(mac);
         let status = self.topics.status(mac);
         let expire = EXPIRE_INTERVALS * m.poll_interval;
         let measured = |class: &str, unit: &str| {
@@ -191,44 +213,39 @@ impl HomeAssistant {
                    "expire_after": expire})
         };
         let mut cmps = Map::new();
-        let t = |template| Some(template);
-        Self::add(
-            &mut cmps,
-            &object,
-            "voltage",
-            "Voltage",
-            &reading,
-            t("{{ value_json.voltage }}"),
-            measured("voltage", "V"),
-        );
-        Self::add(
-            &mut cmps,
-            &object,
-            "soc",
-            "State of charge",
-            &reading,
-            t("{{ value_json.state_of_charge }}"),
-            measured("battery", "%"),
-        );
-        if m.model.is_none_or(|m| m.measures_temperature()) {
-            Self::add(
-                &mut cmps,
-                &object,
+        let mut measurements = vec![
+            ("voltage", "Voltage", "voltage", measured("voltage", "V")),
+            (
+                "soc",
+                "State of charge",
+                "state_of_charge",
+                measured("battery", "%"),
+            ),
+        ];
+        if m.measures_temperature_and_state() {
+            measurements.push((
                 "temperature",
                 "Temperature",
-                &reading,
-                t("{{ value_json.temperature }}"),
+                "temperature",
                 measured("temperature", "°C"),
-            );
+            ));
+            // Free text, not an enum: `unknown_<n>` (SPEC §5.1) cannot be listed as options.
+            measurements.push((
+                "state",
+                "State",
+                "extra.state",
+                json!({"expire_after": expire}),
+            ));
+        }
+        for (key, name, field, extra) in measurements {
             Self::add(
                 &mut cmps,
                 &object,
-                "state",
-                "State",
-                &reading,
-                t("{{ value_json.extra.state }}"),
-                json!({"device_class": "enum", "options": ["normal", "low_voltage", "charging"],
-                       "expire_after": expire}),
+                key,
+                name,
+                &status,
+                Some(&from_reading(field)),
+                extra,
             );
         }
         Self::add(
@@ -237,7 +254,7 @@ impl HomeAssistant {
             "rssi",
             "Signal strength",
             &status,
-            t("{{ value_json.extra.signal_strength }}"),
+            Some("{{ value_json.extra.signal_strength }}"),
             json!({"device_class": "signal_strength", "unit_of_measurement": "dBm",
                    "state_class": "measurement", "entity_category": "diagnostic"}),
         );
@@ -247,7 +264,7 @@ impl HomeAssistant {
             "last_reading",
             "Last reading",
             &status,
-            t("{{ value_json.last_reading_at }}"),
+            Some("{{ value_json.last_reading_at }}"),
             json!({"device_class": "timestamp", "entity_category": "diagnostic"}),
         );
         let body = json!({
@@ -284,7 +301,7 @@ impl HomeAssistant {
             "Health",
             &topic,
             Some("{{ value_json.overall_health }}"),
-            json!({"device_class": "enum", "options": ["excellent", "good", "fair", "poor", "unknown"]}),
+            json!({"device_class": "enum", "options": ["excellent", "good", "fair", "poor"]}),
         );
         Self::add(
             &mut cmps,
@@ -326,7 +343,13 @@ impl HomeAssistant {
     fn gateway_config(&self) -> Message {
         let object = self.gateway_object();
         let status = self.topics.system_status();
-        let diagnostic = |state_class: &str| json!({"state_class": state_class, "entity_category": "diagnostic"});
+        // Everything but Connectivity is unavailable while the gateway is offline; Connectivity itself
+        // shows the offline state.
+        let availability = json!([{"topic": self.topics.availability()}]);
+        let diagnostic = |state_class: &str| {
+            json!({"state_class": state_class, "entity_category": "diagnostic",
+                   "availability": availability})
+        };
         let mut cmps = Map::new();
         Self::add(
             &mut cmps,
@@ -346,7 +369,7 @@ impl HomeAssistant {
             &status,
             Some("{{ value_json.core.uptime_seconds }}"),
             json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement",
-                   "entity_category": "diagnostic"}),
+                   "entity_category": "diagnostic", "availability": availability}),
         );
         for (key, name, template) in [
             ("readings", "Readings", "{{ value_json.counters.readings }}"),
@@ -408,6 +431,7 @@ mod tests {
             mode: Mode::Poll,
             name: "Starter".into(),
             poll_interval: 300,
+            reading: None,
         })
     }
 
@@ -446,6 +470,60 @@ mod tests {
         assert_eq!(v["dev"]["via_device"], "battery_hawk_gateway_garage_pi");
         assert_eq!(v["availability_mode"], "all");
         assert!(h.observe(&status("AA:BB:CC:DD:EE:01", "BM6")).is_empty());
+    }
+
+    #[test]
+    fn measurements_read_the_retained_status_and_state_is_free_text() {
+        let mut h = ha();
+        let msgs = h.observe(&status("AA:BB:CC:DD:EE:01", "BM6"));
+        let v: Value = serde_json::from_slice(&msgs[1].payload).unwrap();
+        for key in ["voltage", "soc", "temperature", "state"] {
+            assert_eq!(
+                v["cmps"][key]["state_topic"], "battery_hawk/device/AA:BB:CC:DD:EE:01/status",
+                "{key}"
+            );
+        }
+        assert_eq!(
+            v["cmps"]["voltage"]["value_template"],
+            "{{ value_json.reading.voltage if value_json.reading else None }}"
+        );
+        assert!(v["cmps"]["state"].get("device_class").is_none());
+        assert!(v["cmps"]["state"].get("options").is_none());
+    }
+
+    #[test]
+    fn a_passive_bm6_has_no_temperature_or_state() {
+        let mut h = ha();
+        let Outbound::DeviceStatus(mut s) = status("AA:BB:CC:DD:EE:01", "BM6") else {
+            unreachable!()
+        };
+        s.mode = Mode::Passive;
+        let msgs = h.observe(&Outbound::DeviceStatus(s));
+        let v: Value = serde_json::from_slice(&msgs[1].payload).unwrap();
+        let keys: Vec<&String> = v["cmps"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["voltage", "soc", "rssi", "last_reading"]);
+    }
+
+    #[test]
+    fn gateway_sensors_follow_its_availability_and_are_diagnostic() {
+        let mut h = ha();
+        let msgs = h.observe(&status("AA:BB:CC:DD:EE:01", "BM6"));
+        let v: Value = serde_json::from_slice(&msgs[0].payload).unwrap();
+        let cmps = v["cmps"].as_object().unwrap();
+        assert_eq!(cmps.len(), 5);
+        for (key, c) in cmps {
+            assert_eq!(c["entity_category"], "diagnostic", "{key}");
+            let expected = if key == "connectivity" {
+                Value::Null
+            } else {
+                json!([{"topic": "battery_hawk/system/availability"}])
+            };
+            assert_eq!(
+                c.get("availability").cloned().unwrap_or(Value::Null),
+                expected,
+                "{key}"
+            );
+        }
     }
 
     #[test]

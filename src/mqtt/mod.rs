@@ -442,10 +442,12 @@ impl OutboxStage {
         if let Outbound::System(s) = out {
             self.snapshot = Some(s.clone());
         }
-        let msg = self.renderer.render(out, || self.local_status());
-        self.push(msg);
+        // Discovery first: a config before the state it reads, an empty config before the state is
+        // cleared (Home Assistant would otherwise render templates against an empty payload).
         let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
         discovery.into_iter().for_each(|m| self.push(m));
+        let msg = self.renderer.render(out, || self.local_status());
+        self.push(msg);
     }
 
     fn push(&mut self, msg: Message) {

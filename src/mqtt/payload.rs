@@ -2,10 +2,10 @@
 //! flag (SPEC §1). Pure functions: what goes in is plain data, what comes out is a [`Message`].
 
 use super::topics::Topics;
-use crate::devices::{Model, to_hex};
+use crate::devices::{Measurement, Model, Source, to_hex};
 use crate::fleet::summary::round2;
 use crate::messages::{
-    AssociationOut, DecodedReading, DeviceStatusOut, HistoryOut, Outbound, ReadingOut, Removed,
+    AssociationOut, DeviceStatusOut, HistoryOut, LatestReading, Outbound, ReadingOut, Removed,
     Sighting, SummaryOut, SystemSnapshot,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -101,21 +101,68 @@ struct ReadingBody<'a> {
     extra: ReadingExtra<'a>,
 }
 
-/// `extra` of a reading: the state, the model's counters by name, then rssi, source and raw_data.
-struct ReadingExtra<'a>(&'a DecodedReading);
+/// `extra` of a reading: the state, the model's counters by name, then rssi, source and — in a
+/// reading, not in a status's copy of it (SPEC §2.2) — raw_data.
+struct ReadingExtra<'a> {
+    measurement: &'a Measurement,
+    rssi: Option<i16>,
+    source: Source,
+    plain: Option<&'a [u8]>,
+}
 
 impl Serialize for ReadingExtra<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let d = self.0;
-        let mut map = s.serialize_map(Some(d.measurement.counters.len() + 4))?;
-        map.serialize_entry("state", &d.measurement.state)?;
-        for (name, value) in &d.measurement.counters {
+        let m = self.measurement;
+        let mut map = s.serialize_map(Some(m.counters.len() + 4))?;
+        map.serialize_entry("state", &m.state)?;
+        for (name, value) in &m.counters {
             map.serialize_entry(name, value)?;
         }
-        map.serialize_entry("rssi", &d.rssi)?;
-        map.serialize_entry("source", d.source.as_str())?;
-        map.serialize_entry("raw_data", &to_hex(&d.plain))?;
+        map.serialize_entry("rssi", &self.rssi)?;
+        map.serialize_entry("source", self.source.as_str())?;
+        if let Some(plain) = self.plain {
+            map.serialize_entry("raw_data", &to_hex(plain))?;
+        }
         map.end()
+    }
+}
+
+/// SPEC §2.2 `reading`: the §2.1 object without `device_id`, `gateway_id`, `vehicle_id` and
+/// `extra.raw_data`.
+#[derive(Serialize)]
+struct StatusReading<'a> {
+    timestamp: String,
+    voltage: Option<f64>,
+    current: (),
+    temperature: Option<f64>,
+    state_of_charge: Option<f64>,
+    capacity: Option<f64>,
+    cycles: (),
+    power: (),
+    device_type: &'a str,
+    extra: ReadingExtra<'a>,
+}
+
+impl<'a> StatusReading<'a> {
+    fn new(r: &'a LatestReading) -> StatusReading<'a> {
+        let m = &r.measurement;
+        StatusReading {
+            timestamp: timestamp(r.received_at),
+            voltage: rounded(m.voltage),
+            current: (),
+            temperature: rounded(m.temperature),
+            state_of_charge: rounded(m.state_of_charge),
+            capacity: rounded(r.capacity_ah),
+            cycles: (),
+            power: (),
+            device_type: r.model.name(),
+            extra: ReadingExtra {
+                measurement: m,
+                rssi: r.rssi,
+                source: r.source,
+                plain: None,
+            },
+        }
     }
 }
 
@@ -133,6 +180,7 @@ struct StatusBody<'a> {
     error_message: Option<&'a str>,
     last_reading_at: Option<String>,
     extra: StatusExtra<'a>,
+    reading: Option<StatusReading<'a>>,
 }
 
 #[derive(Serialize)]
@@ -198,7 +246,12 @@ impl Renderer {
             vehicle_id: r.vehicle_id.as_deref(),
             device_type: d.model.name(),
             gateway_id: &self.gateway_id,
-            extra: ReadingExtra(d),
+            extra: ReadingExtra {
+                measurement: m,
+                rssi: d.rssi,
+                source: d.source,
+                plain: Some(&d.plain),
+            },
         };
         self.message(self.topics.reading(d.mac), &body, self.qos, Kind::Reading)
     }
@@ -220,6 +273,7 @@ impl Renderer {
                 consecutive_failures: s.consecutive_failures,
                 mode: s.mode.as_str(),
             },
+            reading: s.reading.as_ref().map(StatusReading::new),
         };
         self.message(self.topics.status(s.mac), &body, self.qos, Kind::State)
     }
@@ -250,7 +304,7 @@ impl Renderer {
             "average_voltage": num(s.average_voltage),
             "total_capacity": num(Some(s.total_capacity)),
             "overall_health": s.overall_health,
-            "health_score": num(Some(s.health_score)),
+            "health_score": num(s.health_score),
             "devices": devices,
         });
         self.message(
@@ -517,6 +571,7 @@ mod tests {
             mode: Mode::Poll,
             name: "Starter".into(),
             poll_interval: 300,
+            reading: None,
         });
         assert_eq!((m.qos, m.retain), (0, true));
         let v = parse(&m);
@@ -533,8 +588,49 @@ mod tests {
                 .to_string()
                 + r#""device_type":"BM6","vehicle_id":null,"protocol_version":null,"last_command":"read_data","#
                 + r#""error_code":1001,"error_message":"Connection timeout","last_reading_at":null,"#
-                + r#""extra":{"signal_strength":-45,"consecutive_failures":3,"mode":"poll"}}"#
+                + r#""extra":{"signal_strength":-45,"consecutive_failures":3,"mode":"poll"},"reading":null}"#
         );
+    }
+
+    #[test]
+    fn device_status_carries_the_latest_reading_without_raw_data() {
+        let r = Renderer::new("p", "g", 1);
+        let m = r.device_status(&DeviceStatusOut {
+            mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
+            at: at(),
+            reachable: true,
+            model: Model::by_name("BM6"),
+            vehicle_id: Some("my_vehicle".into()),
+            error: None,
+            last_reading_at: Some(at()),
+            rssi: Some(-45),
+            consecutive_failures: 0,
+            mode: Mode::Poll,
+            name: "Starter".into(),
+            poll_interval: 300,
+            reading: Some(LatestReading {
+                model: Model::by_name("BM6").unwrap(),
+                source: Source::Gatt,
+                measurement: Measurement {
+                    voltage: Some(12.604),
+                    temperature: Some(25.0),
+                    state_of_charge: Some(85.0),
+                    state: Some("not_charging".into()),
+                    counters: vec![("status_code", 1)],
+                    ..Measurement::default()
+                },
+                rssi: Some(-45),
+                received_at: at(),
+                capacity_ah: Some(100.0),
+            }),
+        });
+        let expected: Value = serde_json::from_str(
+            r#"{"timestamp":"2024-01-15T10:30:00.000Z","voltage":12.6,"current":null,"temperature":25.0,
+                "state_of_charge":85.0,"capacity":100.0,"cycles":null,"power":null,"device_type":"BM6",
+                "extra":{"state":"not_charging","status_code":1,"rssi":-45,"source":"gatt"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parse(&m)["reading"], expected);
     }
 
     #[test]
