@@ -1,0 +1,237 @@
+//! Thread "mqtt": the outbox stage. Takes the pipeline's `Outbound` values, renders them, keeps them in
+//! the [`Outbox`] and hands them to rumqttc without ever blocking; runs the shutdown sequence.
+//!
+//! Owns: what is sent and when. Must never: block the stages upstream (its input is drained into the
+//! bounded outbox at all times), call a blocking `publish`, or do network I/O itself.
+
+use super::connection::{MAX_PACKET, Net, qos};
+use super::homeassistant;
+use super::outbox::Outbox;
+use super::payload::{LocalStatus, Message, Renderer};
+use super::{HA_GRACE, INPUT_BATCH, WINDOW};
+use crate::config::Config;
+use crate::messages::{Outbound, SystemSnapshot};
+use crossbeam_channel::{Receiver, never, select};
+use rumqttc::{Client, ClientError, QoS};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The outbox thread's state.
+pub struct OutboxStage {
+    client: Client,
+    /// Home Assistant discovery, when enabled: an observer of what is published.
+    ha: Option<homeassistant::HomeAssistant>,
+    /// When to re-send discovery configs after Home Assistant came online.
+    reannounce_at: Option<Instant>,
+    outbox: Outbox,
+    renderer: Renderer,
+    connected: bool,
+    snapshot: Option<SystemSnapshot>,
+    started: Instant,
+    state_dir: PathBuf,
+    timeout: Duration,
+    broker: String,
+}
+
+impl OutboxStage {
+    pub fn new(
+        config: &Config,
+        client: Client,
+        ha: Option<homeassistant::HomeAssistant>,
+        outbox: Outbox,
+        renderer: Renderer,
+        started: Instant,
+    ) -> OutboxStage {
+        OutboxStage {
+            client,
+            ha,
+            reannounce_at: None,
+            outbox,
+            renderer,
+            connected: false,
+            snapshot: None,
+            started,
+            state_dir: config.gateway.state_dir.clone(),
+            timeout: Duration::from_secs(config.mqtt.timeout),
+            broker: format!("{}:{}", config.mqtt.broker, config.mqtt.port),
+        }
+    }
+
+    pub fn run(mut self, rx: &Receiver<Outbound>, net: &Receiver<Net>) {
+        let mut input = rx.clone();
+        let mut deadline: Option<Instant> = None;
+        // The shutdown sequence: each step is sent only after everything before it was acknowledged.
+        let mut final_steps: Vec<Message> = Vec::new();
+        let mut ever_down = false;
+        loop {
+            let sync_at = self.outbox.sync_spool(false);
+            let wake = [deadline, self.reannounce_at, sync_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = wake.map(|d| d.saturating_duration_since(Instant::now()));
+            select! {
+                recv(input) -> out => {
+                    // Take what else is waiting too (up to a batch), so a busy pipeline costs one
+                    // wake-up and one pump per batch rather than per message.
+                    let mut next = Some(out.unwrap_or_else(|_| Outbound::Shutdown { reason: "pipeline stopped".into() }));
+                    let mut taken = 0;
+                    while let Some(out) = next.take() {
+                        if let Outbound::Shutdown { reason } = &out {
+                            log::info!("shutting down ({reason}): flushing to the broker");
+                            final_steps = vec![
+                                self.renderer.availability(false),
+                                self.renderer.shutdown(reason, chrono::Utc::now()),
+                            ];
+                            deadline = Some(Instant::now() + self.timeout);
+                            input = never();
+                            break;
+                        }
+                        self.accept(&out);
+                        taken += 1;
+                        if taken < INPUT_BATCH {
+                            next = input.try_recv().ok();
+                        }
+                    }
+                }
+                recv(net) -> event => match event {
+                    Ok(Net::Connected) => {
+                        log::info!("connected to the MQTT broker at {}", self.broker);
+                        self.connected = true;
+                        self.outbox.connected();
+                        if let Some(s) = &self.snapshot {
+                            let status = self.renderer.system_status(s, &self.local_status());
+                            self.outbox.push_front(status);
+                        }
+                        self.outbox.push_front(self.renderer.availability(true));
+                        if let Some(ha) = &self.ha {
+                            let topic = ha.status_topic().to_string();
+                            if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+                                log::warn!("cannot subscribe to Home Assistant's status: {e}");
+                            }
+                        }
+                    }
+                    Ok(Net::Incoming { topic, payload }) => {
+                        let from_ha = self.ha.as_ref().is_some_and(|h| h.status_topic() == topic);
+                        if from_ha && payload == b"online" {
+                            log::info!("Home Assistant is online: re-sending discovery in {HA_GRACE:?}");
+                            self.reannounce_at = Some(Instant::now() + HA_GRACE);
+                        }
+                    }
+                    Ok(Net::Written(pkid)) => self.outbox.written(pkid),
+                    Ok(Net::Acked(pkid)) => self.outbox.acked(pkid),
+                    Ok(Net::Down { why, ack }) => {
+                        if self.connected || !ever_down {
+                            log::warn!("MQTT broker {} unreachable: {why}", self.broker);
+                        } else {
+                            log::debug!("MQTT broker {} still unreachable: {why}", self.broker);
+                        }
+                        ever_down = true;
+                        self.connected = false;
+                        self.outbox.connection_lost();
+                        let _ = ack.send(());
+                    }
+                    Err(_) => break,
+                },
+                default(wait.unwrap_or(Duration::MAX)) => {
+                    let now = Instant::now();
+                    if self.reannounce_at.is_some_and(|t| t <= now) {
+                        self.reannounce_at = None;
+                        let configs = self.ha.as_ref().map(|h| h.announce_all()).unwrap_or_default();
+                        configs.into_iter().for_each(|m| self.push(m));
+                    }
+                    if deadline.is_some_and(|d| d <= now) {
+                        break;
+                    }
+                }
+            }
+            self.pump();
+            if deadline.is_some() && self.outbox.is_empty() {
+                match final_steps.pop() {
+                    Some(step) => {
+                        self.push(step);
+                        self.pump();
+                    }
+                    None => break,
+                }
+            }
+        }
+        if self.connected {
+            let _ = self.client.try_disconnect();
+        }
+        let saved = self.outbox.spill();
+        if saved > 0 {
+            log::warn!(
+                "broker unreachable at shutdown: {saved} reading(s) saved to the spool for the next start"
+            );
+        }
+        self.outbox.sync_spool(true);
+        if !self.outbox.is_empty() {
+            log::warn!(
+                "stopped with {} message(s) not acknowledged by the broker",
+                self.outbox.len()
+            );
+        }
+    }
+
+    fn accept(&mut self, out: &Outbound) {
+        if let Outbound::System(s) = out {
+            self.snapshot = Some(s.clone());
+        }
+        let msg = self.renderer.render(out, || self.local_status());
+        self.push(msg);
+        let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
+        discovery.into_iter().for_each(|m| self.push(m));
+    }
+
+    fn push(&mut self, msg: Message) {
+        if msg.payload.len() + msg.topic.len() + 16 > MAX_PACKET {
+            log::error!(
+                "message for {} is {} bytes, over the {MAX_PACKET}-byte limit: not sent",
+                msg.topic,
+                msg.payload.len()
+            );
+            return;
+        }
+        self.outbox.push(msg);
+    }
+
+    /// Hand queued messages to rumqttc without ever blocking.
+    fn pump(&mut self) {
+        while self.connected && self.outbox.outstanding() < WINDOW {
+            let Some(m) = self.outbox.peek() else { return };
+            let sent =
+                self.client
+                    .try_publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone());
+            match sent {
+                Ok(()) => self.outbox.handed_over(),
+                Err(ClientError::TryRequest(_) | ClientError::Request(_)) => return,
+            }
+        }
+    }
+
+    fn local_status(&self) -> LocalStatus {
+        LocalStatus {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            outbox_queued: self.outbox.len(),
+            outbox_spooled: self.outbox.spooled() as usize,
+            dropped_messages: self.outbox.dropped(),
+            disk_usage_percent: disk_usage_percent(&self.state_dir),
+            mqtt_connected: self.connected,
+        }
+    }
+}
+
+/// Used share of the file system holding `dir`, in percent.
+fn disk_usage_percent(dir: &std::path::Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `s` a writable statvfs for the call's duration.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 || s.f_blocks == 0 {
+        return None;
+    }
+    let used = s.f_blocks.saturating_sub(s.f_bfree) as f64;
+    let usable = used + s.f_bavail as f64;
+    (usable > 0.0).then(|| used * 100.0 / usable)
+}
