@@ -23,7 +23,12 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// What the connection loop tells the outbox thread.
 pub enum Net {
-    Connected,
+    /// CONNACK; `session`: the broker kept a session for us (never with a clean session), so it still
+    /// has our retained state only if it was not restarted without persistence — we cannot tell, so
+    /// without a session everything retained is published again.
+    Connected {
+        session: bool,
+    },
     Written(u16),
     Acked(u16),
     /// A message on a topic we subscribed to (Home Assistant's status).
@@ -97,9 +102,11 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
     loop {
         let net = match connection.recv() {
             Err(_) => return,
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 backoff.reset();
-                Net::Connected
+                Net::Connected {
+                    session: ack.session_present,
+                }
             }
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => Net::Written(pkid),
             Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => Net::Acked(ack.pkid),

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::messages::{Outbound, SystemSnapshot};
 use crossbeam_channel::{Receiver, never, select};
 use rumqttc::{Client, ClientError, QoS};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub struct OutboxStage {
     state_dir: PathBuf,
     timeout: Duration,
     broker: String,
+    /// The newest retained device status / vehicle summary per topic, for [`Self::republish_retained`].
+    retained: BTreeMap<String, Message>,
 }
 
 impl OutboxStage {
@@ -54,6 +57,7 @@ impl OutboxStage {
             state_dir: config.gateway.state_dir.clone(),
             timeout: Duration::from_secs(config.mqtt.timeout),
             broker: format!("{}:{}", config.mqtt.broker, config.mqtt.port),
+            retained: BTreeMap::new(),
         }
     }
 
@@ -95,10 +99,13 @@ impl OutboxStage {
                     }
                 }
                 recv(net) -> event => match event {
-                    Ok(Net::Connected) => {
+                    Ok(Net::Connected { session }) => {
                         log::info!("connected to the MQTT broker at {}", self.broker);
                         self.connected = true;
                         self.outbox.connected();
+                        if !session {
+                            self.republish_retained();
+                        }
                         if let Some(s) = &self.snapshot {
                             let status = self.renderer.system_status(s, &self.local_status());
                             self.outbox.push_front(status);
@@ -179,9 +186,45 @@ impl OutboxStage {
             self.snapshot = Some(s.clone());
         }
         let msg = self.renderer.render(out, || self.local_status());
+        if matches!(
+            out,
+            Outbound::DeviceStatus(_) | Outbound::Summary(_) | Outbound::Removed(_)
+        ) {
+            self.remember(&msg);
+        }
         self.push(msg);
         let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
         discovery.into_iter().for_each(|m| self.push(m));
+    }
+
+    /// Keep the newest device status and vehicle summary per topic (availability and system status are
+    /// rebuilt at connect; an empty payload clears its topic and is forgotten).
+    fn remember(&mut self, msg: &Message) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else {
+            self.retained.insert(msg.topic.clone(), msg.clone());
+        }
+    }
+
+    /// The broker has no session for us, so it may have forgotten every retained message (restarted
+    /// without persistence): queue all retained state we own ahead of the backlog — every device
+    /// status, every vehicle summary and every discovery config — whether or not it changed since.
+    /// Availability and system status are queued in front of these by the caller.
+    fn republish_retained(&mut self) {
+        let configs = self
+            .ha
+            .as_ref()
+            .map(|h| h.announce_all())
+            .unwrap_or_default();
+        let states: Vec<Message> = self.retained.values().cloned().collect();
+        let count = states.len() + configs.len();
+        for m in states.into_iter().chain(configs).rev() {
+            if m.payload.len() + m.topic.len() + 16 <= MAX_PACKET {
+                self.outbox.push_front(m);
+            }
+        }
+        log::debug!("no session on the broker: re-publishing {count} retained message(s)");
     }
 
     fn push(&mut self, msg: Message) {
