@@ -4,18 +4,25 @@
 //! is sent, touch the outbox, or reconnect without waiting the backoff (rumqttc alone would spin).
 
 use super::MqttError;
+use super::link::{Link, Loss};
 use super::payload::Renderer;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use rumqttc::{
-    Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, StateError,
+    TlsConfiguration, Transport,
 };
-use std::time::Duration;
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
 
-/// Largest packet we send or accept; bigger messages are refused before they reach the outbox
-/// (rumqttc would drop the connection, and the queue with it).
+/// Largest packet we send; bigger messages are refused before they reach the outbox (rumqttc would
+/// drop the connection, and the queue with it).
 pub const MAX_PACKET: usize = 256 * 1024;
+/// Largest packet we accept from the broker. Larger than anything we subscribe to needs (Home
+/// Assistant's status is a word), so a stray large retained message there is read and dropped rather
+/// than closing the connection; anything larger still closes it once (see `Loss::IncomingTooLarge`).
+pub const MAX_INCOMING: usize = 1024 * 1024;
 /// Unacknowledged QoS ≥ 1 publishes on the wire.
 pub const INFLIGHT: u16 = 100;
 /// CA bundle used with `tls = true` and no `ca_file` (Debian's ca-certificates).
@@ -40,6 +47,9 @@ pub enum Net {
     /// rumqttc's queues knowing nothing new was handed over meanwhile.
     Down {
         why: String,
+        loss: Loss,
+        /// How long the connection had been up (monotonic); `None`: it never got a CONNACK.
+        uptime: Option<Duration>,
         ack: Sender<()>,
     },
 }
@@ -54,7 +64,7 @@ pub fn options(config: &Config, renderer: &Renderer) -> Result<MqttOptions, Mqtt
     o.set_keep_alive(Duration::from_secs(m.keepalive))
         .set_clean_session(true)
         .set_inflight(INFLIGHT)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        .set_max_packet_size(MAX_INCOMING, MAX_PACKET);
     let will = renderer.availability(false);
     o.set_last_will(LastWill::new(
         will.topic,
@@ -96,14 +106,37 @@ pub fn qos(level: u8) -> QoS {
     }
 }
 
+/// How a connection ended, by the error's kind (never by its text).
+fn classify(e: &ConnectionError) -> Loss {
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+        )
+    };
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) => Loss::Closed,
+        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) if closed(io) => {
+            Loss::Closed
+        }
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_),
+        )) => Loss::IncomingTooLarge,
+        _ => Loss::Unreachable,
+    }
+}
+
 /// The connection loop: drive rumqttc, report events, back off after errors. Nothing else.
 pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>) {
-    let mut backoff = Backoff::broker();
+    let mut link = Link::new(Backoff::broker());
     loop {
         let net = match connection.recv() {
             Err(_) => return,
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                backoff.reset();
+                link.connected(Instant::now());
                 Net::Connected {
                     session: ack.session_present,
                 }
@@ -119,13 +152,18 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => {
                 let (ack_tx, ack_rx) = bounded(1);
-                let why = e.to_string();
-                if tx.send(Net::Down { why, ack: ack_tx }).is_err() || ack_rx.recv().is_err() {
+                let (uptime, delay) = link.lost(Instant::now());
+                let down = Net::Down {
+                    why: e.to_string(),
+                    loss: classify(&e),
+                    uptime,
+                    ack: ack_tx,
+                };
+                if tx.send(down).is_err() || ack_rx.recv().is_err() {
                     return;
                 }
                 connection.eventloop.clean();
                 connection.eventloop.pending.clear();
-                let delay = backoff.next_delay();
                 log::info!(
                     "reconnecting to the MQTT broker in {:.1} s",
                     delay.as_secs_f64()

@@ -11,6 +11,8 @@
 mod connection;
 pub mod demo;
 pub mod homeassistant;
+mod link;
+mod lock;
 pub mod outbox;
 pub mod payload;
 pub mod spool;
@@ -21,6 +23,7 @@ use crate::config::Config;
 use crate::messages::Outbound;
 use connection::{INFLIGHT, MAX_PACKET, drive, options, qos};
 use crossbeam_channel::{Receiver, bounded};
+pub use lock::lock_state_dir;
 use outbox::Outbox;
 use payload::Renderer;
 use rumqttc::Client;
@@ -42,6 +45,8 @@ const HA_GRACE: Duration = Duration::from_secs(2);
 pub enum MqttError {
     File(&'static str, String, std::io::Error),
     Spawn(std::io::Error),
+    /// The `gateway.state_dir` lock file (path) could not be taken: why.
+    Locked(String, String),
 }
 
 impl std::fmt::Display for MqttError {
@@ -49,6 +54,7 @@ impl std::fmt::Display for MqttError {
         match self {
             MqttError::File(key, path, e) => write!(f, "{key}: cannot read {path}: {e}"),
             MqttError::Spawn(e) => write!(f, "cannot start the MQTT threads: {e}"),
+            MqttError::Locked(path, why) => write!(f, "cannot lock {path}: {why}"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! entry superseded by a newer one on the same topic is never sent. When full, the oldest reading goes
 //! (counted in `dropped`). Must never: lose an unacknowledged QoS ≥ 1 message any other way, or reorder.
 
+use super::link::Suspect;
 use super::payload::{Kind, Message};
 use super::spool::Spool;
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +43,15 @@ pub struct Outbox {
     /// Warnings that could come once per reading under overload, logged at most once a minute.
     drops: Throttle,
     spool_errors: Throttle,
+    /// Topic → the message given up there because the broker kept closing the connection on it.
+    poison: HashMap<String, Poison>,
+}
+
+#[derive(Debug)]
+struct Poison {
+    qos: u8,
+    retain: bool,
+    len: usize,
 }
 
 /// Counts events and says when to log them: the first at once, then at most once per [`Throttle::EVERY`]
@@ -70,7 +80,8 @@ impl Throttle {
 const REPLAY_BATCH: usize = 100;
 
 impl Outbox {
-    /// `capacity` messages in memory; a message is given up after `max_attempts` lost connections.
+    /// `capacity` messages in memory; a message is given up after the broker closed the connection on it
+    /// `max_attempts` times.
     pub fn new(capacity: usize, max_attempts: u32) -> Outbox {
         Outbox {
             capacity: capacity.max(1),
@@ -86,6 +97,7 @@ impl Outbox {
             connected: false,
             drops: Throttle::default(),
             spool_errors: Throttle::default(),
+            poison: HashMap::new(),
         }
     }
 
@@ -121,8 +133,12 @@ impl Outbox {
         }
     }
 
-    /// Accept a message at the back of the queue.
+    /// Accept a message at the back of the queue (a message like one given up as poison is dropped
+    /// and counted instead).
     pub fn push(&mut self, msg: Message) {
+        if self.refuse_poison(&msg) {
+            return;
+        }
         let msg = if msg.kind == Kind::Reading {
             match self.spool_reading(msg) {
                 Some(m) => m,
@@ -148,9 +164,24 @@ impl Outbox {
 
     /// Accept a message ahead of everything queued (availability and status at connect).
     pub fn push_front(&mut self, msg: Message) {
+        if self.refuse_poison(&msg) {
+            return;
+        }
         let seq = self.next_priority_seq;
         self.next_priority_seq -= 1;
         self.accept(seq, msg, true);
+    }
+
+    fn refuse_poison(&mut self, msg: &Message) -> bool {
+        if !self.is_poison(msg) {
+            return false;
+        }
+        self.dropped += 1;
+        log::debug!(
+            "not sending a message for {}: the broker refused one like it",
+            msg.topic
+        );
+        true
     }
 
     fn accept(&mut self, seq: i64, msg: Message, front: bool) {
@@ -273,27 +304,74 @@ impl Outbox {
     }
 
     /// The connection dropped: everything unacknowledged goes back into the queue, in original order.
-    pub fn connection_lost(&mut self) {
+    ///
+    /// `closed_by_broker`: the broker closed it (rather than the network failing). Then the oldest
+    /// message written and not acknowledged is the suspect — a broker acknowledges in order and closes
+    /// on the packet it refuses — and is charged one attempt; after `max_attempts` it is given up,
+    /// counted, and remembered as poison so the same message is never created again (see
+    /// [`Outbox::push`]). Returns the suspect, if any.
+    pub fn connection_lost(&mut self, closed_by_broker: bool) -> Option<Suspect> {
         self.connected = false;
         let mut back: Vec<Entry> = self.handed.drain(..).collect();
+        let oldest_written = self.inflight.values().map(|e| e.seq).min();
         back.extend(self.inflight.drain().map(|(_, e)| e));
         back.sort_by_key(|e| e.seq);
-        for e in back.into_iter().rev() {
-            let attempts = e.attempts + 1;
-            if attempts >= self.max_attempts && e.msg.kind != Kind::State {
-                self.dropped += 1;
-                self.forget(&e);
-                log::warn!(
-                    "giving up on a message for {} after {attempts} lost connections",
-                    e.msg.topic
-                );
-                continue;
+        let mut suspect = None;
+        for mut e in back.into_iter().rev() {
+            if Some(e.seq) == oldest_written {
+                suspect = Some(Suspect {
+                    qos: e.msg.qos,
+                    retain: e.msg.retain,
+                });
+                if closed_by_broker {
+                    e.attempts += 1;
+                }
+                if e.attempts >= self.max_attempts {
+                    self.give_up(&e);
+                    continue;
+                }
             }
-            self.queue.push_front(Entry { attempts, ..e });
+            self.queue.push_front(e);
         }
         let mut all: Vec<Entry> = self.queue.drain(..).collect();
         all.sort_by_key(|e| e.seq);
         self.queue.extend(all);
+        suspect
+    }
+
+    fn give_up(&mut self, e: &Entry) {
+        self.dropped += 1;
+        self.forget(e);
+        log::warn!(
+            "giving up on a message for {} ({} bytes, QoS {}{}): the broker closed the connection \
+             each of the {} times it was sent",
+            e.msg.topic,
+            e.msg.payload.len(),
+            e.msg.qos,
+            if e.msg.retain { ", retained" } else { "" },
+            e.attempts
+        );
+        self.poison.insert(
+            e.msg.topic.clone(),
+            Poison {
+                qos: e.msg.qos,
+                retain: e.msg.retain,
+                len: e.msg.payload.len(),
+            },
+        );
+    }
+
+    /// Whether `msg` is like one the broker kept refusing: same topic, QoS and retain flag, and at least
+    /// as large.
+    fn is_poison(&self, msg: &Message) -> bool {
+        self.poison.get(&msg.topic).is_some_and(|p| {
+            p.qos == msg.qos && p.retain == msg.retain && msg.payload.len() >= p.len
+        })
+    }
+
+    /// Messages given up as poison so far (see [`Outbox::connection_lost`]).
+    pub fn poisoned(&self) -> usize {
+        self.poison.len()
     }
 
     /// Messages held in memory (queued, handed over or in flight).
@@ -419,7 +497,7 @@ mod tests {
         assert_eq!(send_all(&mut o, 1), ["r1", "r2", "r3"]);
         o.acked(2);
         o.push(msg("r4", Kind::Reading, 1));
-        o.connection_lost();
+        o.connection_lost(true);
         assert_eq!(send_all(&mut o, 1), ["r1", "r3", "r4"]);
     }
 
@@ -430,7 +508,7 @@ mod tests {
         o.push(msg("r2", Kind::Reading, 1));
         o.peek();
         o.handed_over();
-        o.connection_lost();
+        o.connection_lost(true);
         assert_eq!(send_all(&mut o, 1), ["r1", "r2"]);
     }
 
@@ -459,7 +537,7 @@ mod tests {
         let mut newer = msg("s", Kind::State, 1);
         newer.payload = b"newer".to_vec();
         o.push(newer);
-        o.connection_lost();
+        o.connection_lost(false);
         let mut seen = Vec::new();
         while let Some(m) = o.peek() {
             seen.push(m.payload.clone());
@@ -500,15 +578,39 @@ mod tests {
     }
 
     #[test]
-    fn a_message_that_keeps_killing_the_connection_is_given_up() {
+    fn a_message_that_keeps_killing_the_connection_is_given_up_and_not_recreated() {
         let mut o = Outbox::new(10, 2);
-        o.push(msg("poison", Kind::Event, 1));
+        o.push(msg("poison", Kind::State, 2));
+        o.push(msg("r1", Kind::Reading, 1));
         send_all(&mut o, 1);
-        o.connection_lost();
-        assert_eq!(o.len(), 1);
+        let suspect = o.connection_lost(true);
+        assert_eq!(
+            suspect,
+            Some(Suspect {
+                qos: 2,
+                retain: true
+            })
+        );
+        assert_eq!(o.len(), 2);
         send_all(&mut o, 1);
-        o.connection_lost();
-        assert!(o.is_empty());
+        o.connection_lost(true);
+        assert_eq!(o.len(), 1, "the reading behind it stays");
         assert_eq!(o.dropped(), 1);
+        assert_eq!(send_all(&mut o, 1), ["r1"], "and is not blocked");
+        o.push_front(msg("poison", Kind::State, 2));
+        assert_eq!(o.len(), 1, "the same message is not created again");
+        assert_eq!(o.dropped(), 2);
+        o.push(msg("poison", Kind::State, 1));
+        assert_eq!(o.len(), 2, "at another QoS it is tried");
+    }
+
+    #[test]
+    fn network_failures_charge_nothing() {
+        let mut o = Outbox::new(10, 1);
+        o.push(msg("r1", Kind::Reading, 1));
+        send_all(&mut o, 1);
+        o.connection_lost(false);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.dropped(), 0);
     }
 }

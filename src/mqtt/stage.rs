@@ -4,8 +4,9 @@
 //! Owns: what is sent and when. Must never: block the stages upstream (its input is drained into the
 //! bounded outbox at all times), call a blocking `publish`, or do network I/O itself.
 
-use super::connection::{MAX_PACKET, Net, qos};
+use super::connection::{MAX_INCOMING, MAX_PACKET, Net, qos};
 use super::homeassistant;
+use super::link::{Diagnosis, Finding, IN_A_ROW, Loss};
 use super::outbox::Outbox;
 use super::payload::{LocalStatus, Message, Renderer};
 use super::{HA_GRACE, INPUT_BATCH, WINDOW};
@@ -16,6 +17,9 @@ use rumqttc::{Client, ClientError, QoS};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Longest payload accepted on Home Assistant's status topic (`online` / `offline`).
+const MAX_HA_STATUS: usize = 64;
 
 /// The outbox thread's state.
 pub struct OutboxStage {
@@ -32,6 +36,14 @@ pub struct OutboxStage {
     state_dir: PathBuf,
     timeout: Duration,
     broker: String,
+    /// Whether a connection was ever lost (the first loss is a warning, repeats while down are debug).
+    ever_down: bool,
+    diagnosis: Diagnosis,
+    client_id: String,
+    will_retained: bool,
+    /// A message too large for us arrived: Home Assistant's status is no longer subscribed.
+    ha_status_off: bool,
+    ha_status_oversize_logged: bool,
     /// The newest retained device status / vehicle summary per topic, for [`Self::republish_retained`].
     retained: BTreeMap<String, Message>,
 }
@@ -58,6 +70,12 @@ impl OutboxStage {
             timeout: Duration::from_secs(config.mqtt.timeout),
             broker: format!("{}:{}", config.mqtt.broker, config.mqtt.port),
             retained: BTreeMap::new(),
+            ever_down: false,
+            diagnosis: Diagnosis::default(),
+            client_id: config.client_id(),
+            will_retained: true,
+            ha_status_off: false,
+            ha_status_oversize_logged: false,
         }
     }
 
@@ -66,7 +84,6 @@ impl OutboxStage {
         let mut deadline: Option<Instant> = None;
         // The shutdown sequence: each step is sent only after everything before it was acknowledged.
         let mut final_steps: Vec<Message> = Vec::new();
-        let mut ever_down = false;
         loop {
             let sync_at = self.outbox.sync_spool(false);
             let wake = [deadline, self.reannounce_at, sync_at]
@@ -99,45 +116,7 @@ impl OutboxStage {
                     }
                 }
                 recv(net) -> event => match event {
-                    Ok(Net::Connected { session }) => {
-                        log::info!("connected to the MQTT broker at {}", self.broker);
-                        self.connected = true;
-                        self.outbox.connected();
-                        if !session {
-                            self.republish_retained();
-                        }
-                        if let Some(s) = &self.snapshot {
-                            let status = self.renderer.system_status(s, &self.local_status());
-                            self.outbox.push_front(status);
-                        }
-                        self.outbox.push_front(self.renderer.availability(true));
-                        if let Some(ha) = &self.ha {
-                            let topic = ha.status_topic().to_string();
-                            if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
-                                log::warn!("cannot subscribe to Home Assistant's status: {e}");
-                            }
-                        }
-                    }
-                    Ok(Net::Incoming { topic, payload }) => {
-                        let from_ha = self.ha.as_ref().is_some_and(|h| h.status_topic() == topic);
-                        if from_ha && payload == b"online" {
-                            log::info!("Home Assistant is online: re-sending discovery in {HA_GRACE:?}");
-                            self.reannounce_at = Some(Instant::now() + HA_GRACE);
-                        }
-                    }
-                    Ok(Net::Written(pkid)) => self.outbox.written(pkid),
-                    Ok(Net::Acked(pkid)) => self.outbox.acked(pkid),
-                    Ok(Net::Down { why, ack }) => {
-                        if self.connected || !ever_down {
-                            log::warn!("MQTT broker {} unreachable: {why}", self.broker);
-                        } else {
-                            log::debug!("MQTT broker {} still unreachable: {why}", self.broker);
-                        }
-                        ever_down = true;
-                        self.connected = false;
-                        self.outbox.connection_lost();
-                        let _ = ack.send(());
-                    }
+                    Ok(event) => self.on_net(event),
                     Err(_) => break,
                 },
                 default(wait.unwrap_or(Duration::MAX)) => {
@@ -195,6 +174,118 @@ impl OutboxStage {
         self.push(msg);
         let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
         discovery.into_iter().for_each(|m| self.push(m));
+    }
+
+    /// One report from the connection loop.
+    fn on_net(&mut self, event: Net) {
+        match event {
+            Net::Connected { session } => self.on_connected(session),
+            Net::Incoming { topic, payload } => self.on_incoming(&topic, &payload),
+            Net::Written(pkid) => self.outbox.written(pkid),
+            Net::Acked(pkid) => self.outbox.acked(pkid),
+            Net::Down {
+                why,
+                loss,
+                uptime,
+                ack,
+            } => {
+                if self.connected || !self.ever_down {
+                    log::warn!("MQTT broker {} unreachable: {why}", self.broker);
+                } else {
+                    log::debug!("MQTT broker {} still unreachable: {why}", self.broker);
+                }
+                self.ever_down = true;
+                self.connected = false;
+                let suspect = self.outbox.connection_lost(loss == Loss::Closed);
+                let _ = ack.send(());
+                if loss == Loss::IncomingTooLarge && !self.ha_status_off {
+                    self.ha_status_off = true;
+                    log::warn!(
+                        "the broker sent a message larger than {MAX_INCOMING} bytes (probably a retained \
+                         message on Home Assistant's status topic): no longer subscribing to it; \
+                         discovery configs are still re-sent at every connection"
+                    );
+                }
+                let finding =
+                    self.diagnosis
+                        .lost(loss, uptime, suspect.as_ref(), self.will_retained);
+                if let Some(f) = finding {
+                    self.report(f);
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, session: bool) {
+        log::info!("connected to the MQTT broker at {}", self.broker);
+        self.connected = true;
+        self.outbox.connected();
+        if !session {
+            self.republish_retained();
+        }
+        if let Some(s) = &self.snapshot {
+            let status = self.renderer.system_status(s, &self.local_status());
+            self.outbox.push_front(status);
+        }
+        self.outbox.push_front(self.renderer.availability(true));
+        if let Some(ha) = self.ha.as_ref().filter(|_| !self.ha_status_off) {
+            let topic = ha.status_topic().to_string();
+            if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+                log::warn!("cannot subscribe to Home Assistant's status: {e}");
+            }
+        }
+    }
+
+    fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
+        if self.ha.as_ref().is_none_or(|h| h.status_topic() != topic) {
+            return;
+        }
+        if payload.len() > MAX_HA_STATUS {
+            if !self.ha_status_oversize_logged {
+                self.ha_status_oversize_logged = true;
+                log::warn!(
+                    "ignoring a {}-byte message on {topic} (Home Assistant's status is `online` or \
+                     `offline`); further ones are ignored silently",
+                    payload.len()
+                );
+            }
+            return;
+        }
+        if payload == b"online" {
+            log::info!("Home Assistant is online: re-sending discovery in {HA_GRACE:?}");
+            self.reannounce_at = Some(Instant::now() + HA_GRACE);
+        }
+    }
+
+    /// Say once per run what a run of short-lived connections probably means, and what copes.
+    fn report(&self, finding: Finding) {
+        match finding {
+            Finding::TakeOver => log::error!(
+                "the MQTT broker {} closed the connection right after accepting it {IN_A_ROW} times in \
+                 a row: another client is probably connected with our client id '{}' (a second gateway, \
+                 a copied configuration, a test run beside the service); give each one its own \
+                 mqtt.client_id (or gateway.id). Backing off meanwhile",
+                self.broker,
+                self.client_id
+            ),
+            Finding::NoQos2 { retained } => log::error!(
+                "the MQTT broker {} closed the connection right after a QoS 2 publish {IN_A_ROW} times \
+                 in a row: it probably does not accept QoS 2 (as AWS IoT, Azure IoT Hub or mosquitto \
+                 with max_qos 1): set mqtt.max_qos = 1{}",
+                self.broker,
+                if retained {
+                    " (or, if it has no retained messages either, mqtt.retain = false)"
+                } else {
+                    ""
+                }
+            ),
+            Finding::NoRetain => log::error!(
+                "the MQTT broker {} closed the connection right after a retained publish (or at CONNECT, \
+                 our last will being retained) {IN_A_ROW} times in a row: it probably does not support \
+                 retained messages (as mosquitto with retain_available false): set mqtt.retain = false",
+                self.broker
+            ),
+        }
     }
 
     /// Keep the newest device status and vehicle summary per topic (availability and system status are
