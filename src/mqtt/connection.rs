@@ -69,8 +69,8 @@ pub fn options(config: &Config, renderer: &Renderer) -> Result<MqttOptions, Mqtt
     o.set_last_will(LastWill::new(
         will.topic,
         will.payload,
-        QoS::AtLeastOnce,
-        true,
+        qos(will.qos.min(m.max_qos)),
+        m.retain,
     ));
     if !m.username.is_empty() {
         o.set_credentials(m.username.clone(), m.password.0.clone());
@@ -119,7 +119,12 @@ fn classify(e: &ConnectionError) -> Loss {
     };
     match e {
         ConnectionError::MqttState(StateError::ConnectionAborted) => Loss::Closed,
-        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) if closed(io) => {
+        ConnectionError::MqttState(
+            StateError::Io(io) | StateError::Deserialization(rumqttc::mqttbytes::Error::Io(io)),
+        )
+        | ConnectionError::Io(io)
+            if closed(io) =>
+        {
             Loss::Closed
         }
         ConnectionError::MqttState(StateError::Deserialization(
@@ -164,6 +169,10 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
                 }
                 connection.eventloop.clean();
                 connection.eventloop.pending.clear();
+                // Events of the dead connection not yet handed out (the `Outgoing::Publish` of a batch
+                // whose write failed): the outbox has requeued those messages, and a stale event after
+                // the next CONNACK would be matched to the wrong message.
+                connection.eventloop.state.events.clear();
                 log::info!(
                     "reconnecting to the MQTT broker in {:.1} s",
                     delay.as_secs_f64()

@@ -60,12 +60,22 @@ pub enum Loss {
     IncomingTooLarge,
 }
 
-/// The message most likely to have made the broker close the connection: the oldest one written and
-/// not acknowledged (the broker acknowledges in order and closes on the packet it refuses).
+/// The message most likely to have made the broker close the connection (see
+/// `Outbox::connection_lost`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suspect {
     pub qos: u8,
     pub retain: bool,
+}
+
+/// What was in flight (written, not acknowledged) when the broker closed the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InFlight {
+    Nothing,
+    /// One message: the suspect.
+    One(Suspect),
+    /// Several: no single suspect (they are re-sent one at a time, so the next death will tell).
+    Several,
 }
 
 /// What a run of short-lived connections probably means.
@@ -86,16 +96,25 @@ pub struct Diagnosis {
     take_overs: u32,
     qos2: u32,
     retain: u32,
+    /// The broker acknowledged a QoS 2 / a retained publish: it has no such limit.
+    qos2_works: bool,
+    retain_works: bool,
 }
 
 impl Diagnosis {
-    /// A connection ended: `uptime` as from [`Link::lost`], `suspect` the oldest unacknowledged publish,
-    /// `will_retained` whether our last will is retained.
+    /// The broker acknowledged a publish like `kind`.
+    pub fn accepted(&mut self, kind: &Suspect) {
+        self.qos2_works |= kind.qos == 2;
+        self.retain_works |= kind.retain;
+    }
+
+    /// A connection ended: `uptime` as from [`Link::lost`], `in_flight` what the broker had not
+    /// acknowledged, `will_retained` whether our last will is retained.
     pub fn lost(
         &mut self,
         loss: Loss,
         uptime: Option<Duration>,
-        suspect: Option<&Suspect>,
+        in_flight: &InFlight,
         will_retained: bool,
     ) -> Option<Finding> {
         let short = match (loss, uptime) {
@@ -113,17 +132,24 @@ impl Diagnosis {
             _ => false,
         };
         if !short {
-            *self = Diagnosis::default();
+            (self.take_overs, self.qos2, self.retain) = (0, 0, 0);
             return None;
         }
-        let (qos2, retain) = suspect.map_or((false, false), |s| (s.qos == 2, s.retain));
+        let suspect = match in_flight {
+            InFlight::Several => return None,
+            InFlight::Nothing => return bump(&mut self.take_overs).then_some(Finding::TakeOver),
+            InFlight::One(s) => s,
+        };
+        let qos2 = suspect.qos == 2 && !self.qos2_works;
+        let retain = suspect.retain && !self.retain_works;
+        let refused = suspect.qos == 2 || suspect.retain;
         if !qos2 {
             self.qos2 = 0;
         }
         if !retain {
             self.retain = 0;
         }
-        if qos2 || retain {
+        if refused {
             self.take_overs = 0;
         }
         if qos2 {
@@ -135,6 +161,11 @@ impl Diagnosis {
         }
         if retain {
             return bump(&mut self.retain).then_some(Finding::NoRetain);
+        }
+        if refused {
+            // A kind the broker accepted before: it refused this very message (too large, perhaps);
+            // the outbox gives it up after `retries`.
+            return None;
         }
         bump(&mut self.take_overs).then_some(Finding::TakeOver)
     }
@@ -187,33 +218,40 @@ mod tests {
         assert_eq!(up, None, "an attempt without CONNACK has no uptime");
     }
 
+    const NOTHING: InFlight = InFlight::Nothing;
+
+    fn one(qos: u8, retain: bool) -> InFlight {
+        InFlight::One(Suspect { qos, retain })
+    }
+
     #[test]
     fn three_short_connections_in_a_row_are_a_take_over() {
         let mut d = Diagnosis::default();
-        let reading = Suspect {
-            qos: 1,
-            retain: false,
-        };
-        assert_eq!(d.lost(Loss::Closed, Some(secs(1)), None, true), None);
+        assert_eq!(d.lost(Loss::Closed, Some(secs(1)), &NOTHING, true), None);
         assert_eq!(
-            d.lost(Loss::Closed, Some(secs(2)), Some(&reading), true),
+            d.lost(Loss::Closed, Some(secs(2)), &one(1, false), true),
             None
         );
         assert_eq!(
-            d.lost(Loss::Closed, Some(secs(4)), None, true),
+            d.lost(Loss::Closed, Some(secs(2)), &InFlight::Several, true),
+            None,
+            "several in flight: wait for the next"
+        );
+        assert_eq!(
+            d.lost(Loss::Closed, Some(secs(4)), &NOTHING, true),
             Some(Finding::TakeOver)
         );
         assert_eq!(
-            d.lost(Loss::Closed, Some(secs(8)), None, true),
+            d.lost(Loss::Closed, Some(secs(8)), &NOTHING, true),
             None,
             "once per run"
         );
-        d.lost(Loss::Closed, Some(STABLE), None, true);
-        d.lost(Loss::Closed, Some(secs(1)), None, true);
-        d.lost(Loss::Unreachable, None, None, true);
-        d.lost(Loss::Closed, Some(secs(1)), None, true);
+        d.lost(Loss::Closed, Some(STABLE), &NOTHING, true);
+        d.lost(Loss::Closed, Some(secs(1)), &NOTHING, true);
+        d.lost(Loss::Unreachable, None, &NOTHING, true);
+        d.lost(Loss::Closed, Some(secs(1)), &NOTHING, true);
         assert_eq!(
-            d.lost(Loss::Closed, Some(secs(1)), None, true),
+            d.lost(Loss::Closed, Some(secs(1)), &NOTHING, true),
             None,
             "a stable connection or a network failure starts counting again"
         );
@@ -221,35 +259,39 @@ mod tests {
 
     #[test]
     fn deaths_after_qos2_or_retained_publishes_name_the_limit() {
-        let status = Suspect {
-            qos: 2,
-            retain: true,
-        };
-        let event = Suspect {
-            qos: 2,
-            retain: false,
-        };
-        let online = Suspect {
-            qos: 1,
-            retain: true,
-        };
         let mut d = Diagnosis::default();
-        d.lost(Loss::Closed, Some(secs(0)), Some(&event), true);
-        d.lost(Loss::Closed, Some(secs(0)), Some(&status), true);
+        d.lost(Loss::Closed, Some(secs(0)), &one(2, false), true);
+        d.lost(Loss::Closed, Some(secs(0)), &one(2, true), true);
         assert_eq!(
-            d.lost(Loss::Closed, Some(secs(0)), Some(&event), true),
+            d.lost(Loss::Closed, Some(secs(0)), &one(2, false), true),
             Some(Finding::NoQos2 { retained: false })
         );
         let mut d = Diagnosis::default();
-        d.lost(Loss::Closed, Some(secs(0)), Some(&online), true);
-        d.lost(Loss::Closed, None, None, true);
+        d.lost(Loss::Closed, Some(secs(0)), &one(1, true), true);
+        d.lost(Loss::Closed, None, &NOTHING, true);
         assert_eq!(
-            d.lost(Loss::Closed, Some(secs(0)), Some(&online), true),
+            d.lost(Loss::Closed, Some(secs(0)), &one(1, true), true),
             Some(Finding::NoRetain)
         );
         let mut d = Diagnosis::default();
-        d.lost(Loss::Closed, None, None, false);
-        d.lost(Loss::Closed, None, None, false);
-        assert_eq!(d.lost(Loss::Closed, None, None, false), None);
+        d.lost(Loss::Closed, None, &NOTHING, false);
+        d.lost(Loss::Closed, None, &NOTHING, false);
+        assert_eq!(d.lost(Loss::Closed, None, &NOTHING, false), None);
+    }
+
+    #[test]
+    fn a_kind_the_broker_accepted_before_is_not_its_limit() {
+        let mut d = Diagnosis::default();
+        d.accepted(&Suspect {
+            qos: 1,
+            retain: true,
+        });
+        for _ in 0..5 {
+            assert_eq!(
+                d.lost(Loss::Closed, Some(secs(0)), &one(1, true), true),
+                None,
+                "a retained message too large, say: given up by the outbox, no diagnosis"
+            );
+        }
     }
 }

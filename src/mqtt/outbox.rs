@@ -3,10 +3,11 @@
 //! Pure bookkeeping, no I/O: the MQTT thread feeds it messages, "handed to the client" marks, the client's
 //! `Outgoing::Publish(pkid)` events (which come in hand-over order) and acks. On a lost connection every
 //! unacknowledged message goes back to the queue in its original order. Retained state is coalesced: an
-//! entry superseded by a newer one on the same topic is never sent. When full, the oldest reading goes
+//! entry superseded by a newer one on the same topic is never sent (also with `mqtt.retain = false`,
+//! when state is published without the retain flag). When full, the oldest reading goes
 //! (counted in `dropped`). Must never: lose an unacknowledged QoS ≥ 1 message any other way, or reorder.
 
-use super::link::Suspect;
+use super::link::{InFlight, Suspect};
 use super::payload::{Kind, Message};
 use super::spool::Spool;
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +44,8 @@ pub struct Outbox {
     /// Warnings that could come once per reading under overload, logged at most once a minute.
     drops: Throttle,
     spool_errors: Throttle,
+    /// While set, messages up to this sequence number are re-sent one at a time.
+    probe_until: Option<i64>,
     /// Topic → the message given up there because the broker kept closing the connection on it.
     poison: HashMap<String, Poison>,
 }
@@ -98,6 +101,7 @@ impl Outbox {
             drops: Throttle::default(),
             spool_errors: Throttle::default(),
             poison: HashMap::new(),
+            probe_until: None,
         }
     }
 
@@ -185,7 +189,7 @@ impl Outbox {
     }
 
     fn accept(&mut self, seq: i64, msg: Message, front: bool) {
-        if msg.retain {
+        if msg.kind == Kind::State {
             // A newer state replaces a queued older one in place, so the queue stays bounded by topics.
             if let Some(&old) = self.newest.get(&msg.topic)
                 && let Ok(i) = self.queue.binary_search_by_key(&old, |e| e.seq)
@@ -227,7 +231,7 @@ impl Outbox {
     }
 
     fn is_stale(&self, e: &Entry) -> bool {
-        e.msg.retain && self.newest.get(&e.msg.topic) != Some(&e.seq)
+        e.msg.kind == Kind::State && self.newest.get(&e.msg.topic) != Some(&e.seq)
     }
 
     /// The next message to hand to the client (superseded retained state is skipped and discarded).
@@ -271,10 +275,14 @@ impl Outbox {
     }
 
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
-    pub fn acked(&mut self, pkid: u16) {
-        if let Some(e) = self.inflight.remove(&pkid) {
-            self.forget(&e);
-        }
+    /// Returns what kind of message it was (the broker evidently accepts such).
+    pub fn acked(&mut self, pkid: u16) -> Option<Suspect> {
+        let e = self.inflight.remove(&pkid)?;
+        self.forget(&e);
+        Some(Suspect {
+            qos: e.msg.qos,
+            retain: e.msg.retain,
+        })
     }
 
     /// Read the next batch of spooled readings into the queue (they are older than anything new).
@@ -298,27 +306,46 @@ impl Outbox {
         if let (Some(segment), Some(spool)) = (e.spooled, self.spool.as_mut()) {
             spool.acked(segment);
         }
-        if e.msg.retain && self.newest.get(&e.msg.topic) == Some(&e.seq) {
+        if e.msg.kind == Kind::State && self.newest.get(&e.msg.topic) == Some(&e.seq) {
             self.newest.remove(&e.msg.topic);
         }
     }
 
     /// The connection dropped: everything unacknowledged goes back into the queue, in original order.
     ///
-    /// `closed_by_broker`: the broker closed it (rather than the network failing). Then the oldest
-    /// message written and not acknowledged is the suspect — a broker acknowledges in order and closes
-    /// on the packet it refuses — and is charged one attempt; after `max_attempts` it is given up,
-    /// counted, and remembered as poison so the same message is never created again (see
-    /// [`Outbox::push`]). Returns the suspect, if any.
-    pub fn connection_lost(&mut self, closed_by_broker: bool) -> Option<Suspect> {
+    /// `closed_by_broker`: the broker closed it (rather than the network failing), perhaps on a message
+    /// it refuses. Acks cannot single that message out — a broker closing on a packet resets the
+    /// connection, and the acks it sent for the packets before are lost with it — so:
+    /// - with one message in flight, that one is the suspect: it is charged one attempt; after
+    ///   `max_attempts` it is given up, counted, and remembered as poison, so the same message is never
+    ///   created again (see [`Outbox::push`]);
+    /// - with several, nobody is charged, and they are re-sent one at a time ([`Outbox::window`]
+    ///   becomes 1 until all of them have left), so a next death has a single suspect.
+    ///
+    /// Returns what was in flight.
+    pub fn connection_lost(&mut self, closed_by_broker: bool) -> InFlight {
         self.connected = false;
+        let in_flight = self.inflight.len();
+        let single = if in_flight == 1 {
+            self.inflight.values().next().map(|e| e.seq)
+        } else {
+            None
+        };
+        if closed_by_broker && self.inflight.len() > 1 {
+            let last = self
+                .inflight
+                .values()
+                .chain(&self.handed)
+                .map(|e| e.seq)
+                .max();
+            self.probe_until = self.probe_until.max(last);
+        }
         let mut back: Vec<Entry> = self.handed.drain(..).collect();
-        let oldest_written = self.inflight.values().map(|e| e.seq).min();
         back.extend(self.inflight.drain().map(|(_, e)| e));
         back.sort_by_key(|e| e.seq);
         let mut suspect = None;
         for mut e in back.into_iter().rev() {
-            if Some(e.seq) == oldest_written {
+            if Some(e.seq) == single {
                 suspect = Some(Suspect {
                     qos: e.msg.qos,
                     retain: e.msg.retain,
@@ -336,7 +363,33 @@ impl Outbox {
         let mut all: Vec<Entry> = self.queue.drain(..).collect();
         all.sort_by_key(|e| e.seq);
         self.queue.extend(all);
-        suspect
+        match suspect {
+            Some(s) => InFlight::One(s),
+            None if in_flight == 0 => InFlight::Nothing,
+            None => InFlight::Several,
+        }
+    }
+
+    /// How many messages may be with the client at once: `normal`, or 1 while the messages that were
+    /// in flight when the broker closed the connection are re-sent (see [`Outbox::connection_lost`]).
+    pub fn window(&mut self, normal: usize) -> usize {
+        let Some(until) = self.probe_until else {
+            return normal;
+        };
+        // The queue is in sequence order, so its front is its oldest.
+        let pending = self
+            .queue
+            .front()
+            .into_iter()
+            .chain(&self.handed)
+            .chain(self.inflight.values())
+            .any(|e| e.seq <= until);
+        if pending {
+            1
+        } else {
+            self.probe_until = None;
+            normal
+        }
     }
 
     fn give_up(&mut self, e: &Entry) {
@@ -578,30 +631,48 @@ mod tests {
     }
 
     #[test]
-    fn a_message_that_keeps_killing_the_connection_is_given_up_and_not_recreated() {
+    fn a_message_that_keeps_killing_the_connection_is_found_given_up_and_not_recreated() {
         let mut o = Outbox::new(10, 2);
+        o.push(msg("r0", Kind::Reading, 1));
         o.push(msg("poison", Kind::State, 2));
         o.push(msg("r1", Kind::Reading, 1));
         send_all(&mut o, 1);
+        assert_eq!(
+            o.connection_lost(true),
+            InFlight::Several,
+            "three in flight: no single suspect"
+        );
+        assert_eq!(o.window(100), 1, "so they are re-sent one at a time");
+        let mut one = |o: &mut Outbox, pkid| {
+            assert!(o.outstanding() < o.window(100));
+            let t = o.peek().unwrap().topic.clone();
+            o.handed_over();
+            o.written(pkid);
+            t
+        };
+        assert_eq!(one(&mut o, 1), "r0");
+        o.acked(1);
+        assert_eq!(one(&mut o, 2), "poison");
+        assert_eq!(o.outstanding(), 1);
         let suspect = o.connection_lost(true);
         assert_eq!(
             suspect,
-            Some(Suspect {
+            InFlight::One(Suspect {
                 qos: 2,
                 retain: true
             })
         );
-        assert_eq!(o.len(), 2);
-        send_all(&mut o, 1);
+        assert_eq!(one(&mut o, 1), "poison");
         o.connection_lost(true);
-        assert_eq!(o.len(), 1, "the reading behind it stays");
-        assert_eq!(o.dropped(), 1);
-        assert_eq!(send_all(&mut o, 1), ["r1"], "and is not blocked");
+        assert_eq!(o.dropped(), 1, "given up after 2 attempts");
+        assert_eq!(one(&mut o, 1), "r1", "the reading behind it is not blocked");
+        o.acked(1);
+        assert_eq!(o.window(100), 100, "back to the full window");
         o.push_front(msg("poison", Kind::State, 2));
-        assert_eq!(o.len(), 1, "the same message is not created again");
+        assert!(o.is_empty(), "the same message is not created again");
         assert_eq!(o.dropped(), 2);
         o.push(msg("poison", Kind::State, 1));
-        assert_eq!(o.len(), 2, "at another QoS it is tried");
+        assert_eq!(o.len(), 1, "at another QoS it is tried");
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub struct OutboxStage {
     /// A message too large for us arrived: Home Assistant's status is no longer subscribed.
     ha_status_off: bool,
     ha_status_oversize_logged: bool,
+    /// `mqtt.max_qos`, `mqtt.retain`.
+    max_qos: u8,
+    retain: bool,
+    /// Without retain: how often, and when next, the current state is published again.
+    refresh_every: Duration,
+    refresh_at: Option<Instant>,
     /// The newest retained device status / vehicle summary per topic, for [`Self::republish_retained`].
     retained: BTreeMap<String, Message>,
 }
@@ -73,9 +79,14 @@ impl OutboxStage {
             ever_down: false,
             diagnosis: Diagnosis::default(),
             client_id: config.client_id(),
-            will_retained: true,
+            will_retained: config.mqtt.retain,
             ha_status_off: false,
             ha_status_oversize_logged: false,
+            max_qos: config.mqtt.max_qos,
+            retain: config.mqtt.retain,
+            refresh_every: Duration::from_secs(config.mqtt.status_interval),
+            refresh_at: (!config.mqtt.retain)
+                .then(|| Instant::now() + Duration::from_secs(config.mqtt.status_interval)),
         }
     }
 
@@ -86,7 +97,7 @@ impl OutboxStage {
         let mut final_steps: Vec<Message> = Vec::new();
         loop {
             let sync_at = self.outbox.sync_spool(false);
-            let wake = [deadline, self.reannounce_at, sync_at]
+            let wake = [deadline, self.reannounce_at, sync_at, self.refresh_at]
                 .into_iter()
                 .flatten()
                 .min();
@@ -125,6 +136,11 @@ impl OutboxStage {
                         self.reannounce_at = None;
                         let configs = self.ha.as_ref().map(|h| h.announce_all()).unwrap_or_default();
                         configs.into_iter().for_each(|m| self.push(m));
+                    }
+                    if self.refresh_at.is_some_and(|t| t <= now) {
+                        self.refresh_at = Some(now + self.refresh_every);
+                        let states: Vec<Message> = self.retained.values().cloned().collect();
+                        states.into_iter().for_each(|m| self.push(m));
                     }
                     if deadline.is_some_and(|d| d <= now) {
                         break;
@@ -182,7 +198,11 @@ impl OutboxStage {
             Net::Connected { session } => self.on_connected(session),
             Net::Incoming { topic, payload } => self.on_incoming(&topic, &payload),
             Net::Written(pkid) => self.outbox.written(pkid),
-            Net::Acked(pkid) => self.outbox.acked(pkid),
+            Net::Acked(pkid) => {
+                if let Some(kind) = self.outbox.acked(pkid) {
+                    self.diagnosis.accepted(&kind);
+                }
+            }
             Net::Down {
                 why,
                 loss,
@@ -196,7 +216,7 @@ impl OutboxStage {
                 }
                 self.ever_down = true;
                 self.connected = false;
-                let suspect = self.outbox.connection_lost(loss == Loss::Closed);
+                let in_flight = self.outbox.connection_lost(loss == Loss::Closed);
                 let _ = ack.send(());
                 if loss == Loss::IncomingTooLarge && !self.ha_status_off {
                     self.ha_status_off = true;
@@ -206,9 +226,9 @@ impl OutboxStage {
                          discovery configs are still re-sent at every connection"
                     );
                 }
-                let finding =
-                    self.diagnosis
-                        .lost(loss, uptime, suspect.as_ref(), self.will_retained);
+                let finding = self
+                    .diagnosis
+                    .lost(loss, uptime, &in_flight, self.will_retained);
                 if let Some(f) = finding {
                     self.report(f);
                 }
@@ -225,9 +245,9 @@ impl OutboxStage {
         }
         if let Some(s) = &self.snapshot {
             let status = self.renderer.system_status(s, &self.local_status());
-            self.outbox.push_front(status);
+            self.push_front(status);
         }
-        self.outbox.push_front(self.renderer.availability(true));
+        self.push_front(self.renderer.availability(true));
         if let Some(ha) = self.ha.as_ref().filter(|_| !self.ha_status_off) {
             let topic = ha.status_topic().to_string();
             if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
@@ -303,22 +323,36 @@ impl OutboxStage {
     /// status, every vehicle summary and every discovery config — whether or not it changed since.
     /// Availability and system status are queued in front of these by the caller.
     fn republish_retained(&mut self) {
-        let configs = self
-            .ha
-            .as_ref()
-            .map(|h| h.announce_all())
-            .unwrap_or_default();
+        // Without retain, discovery configs go out on Home Assistant's birth only (SPEC §3).
+        let configs = match &self.ha {
+            Some(h) if self.retain => h.announce_all(),
+            _ => Vec::new(),
+        };
         let states: Vec<Message> = self.retained.values().cloned().collect();
         let count = states.len() + configs.len();
         for m in states.into_iter().chain(configs).rev() {
-            if m.payload.len() + m.topic.len() + 16 <= MAX_PACKET {
-                self.outbox.push_front(m);
-            }
+            self.push_front(m);
         }
         log::debug!("no session on the broker: re-publishing {count} retained message(s)");
     }
 
+    /// `mqtt.max_qos` and `mqtt.retain` applied to a message about to be queued.
+    fn limit(&self, mut msg: Message) -> Message {
+        msg.qos = msg.qos.min(self.max_qos);
+        msg.retain &= self.retain;
+        msg
+    }
+
+    /// Queue `msg` ahead of everything (availability, system status and retained state at connect).
+    fn push_front(&mut self, msg: Message) {
+        let msg = self.limit(msg);
+        if msg.payload.len() + msg.topic.len() + 16 <= MAX_PACKET {
+            self.outbox.push_front(msg);
+        }
+    }
+
     fn push(&mut self, msg: Message) {
+        let msg = self.limit(msg);
         if msg.payload.len() + msg.topic.len() + 16 > MAX_PACKET {
             log::error!(
                 "message for {} is {} bytes, over the {MAX_PACKET}-byte limit: not sent",
@@ -332,7 +366,7 @@ impl OutboxStage {
 
     /// Hand queued messages to rumqttc without ever blocking.
     fn pump(&mut self) {
-        while self.connected && self.outbox.outstanding() < WINDOW {
+        while self.connected && self.outbox.outstanding() < self.outbox.window(WINDOW) {
             let Some(m) = self.outbox.peek() else { return };
             let sent =
                 self.client
