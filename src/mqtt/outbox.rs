@@ -643,7 +643,7 @@ mod tests {
             "three in flight: no single suspect"
         );
         assert_eq!(o.window(100), 1, "so they are re-sent one at a time");
-        let mut one = |o: &mut Outbox, pkid| {
+        let one = |o: &mut Outbox, pkid| {
             assert!(o.outstanding() < o.window(100));
             let t = o.peek().unwrap().topic.clone();
             o.handed_over();
