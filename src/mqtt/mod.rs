@@ -8,6 +8,7 @@
 //! nothing is sent twice by both. Must never: block the stages upstream (its input is drained into the
 //! bounded outbox at all times), call a blocking `publish`, spin while the broker is away, or log a secret.
 
+pub mod clock;
 mod connection;
 pub mod demo;
 pub mod homeassistant;

@@ -4,14 +4,16 @@
 //! Owns: what is sent and when. Must never: block the stages upstream (its input is drained into the
 //! bounded outbox at all times), call a blocking `publish`, or do network I/O itself.
 
+use super::clock::{self, Held};
 use super::connection::{MAX_INCOMING, MAX_PACKET, Net, qos};
 use super::homeassistant;
 use super::link::{Diagnosis, Finding, IN_A_ROW, Loss};
 use super::outbox::Outbox;
-use super::payload::{LocalStatus, Message, Renderer};
+use super::payload::{self, LocalStatus, Message, Renderer};
 use super::{HA_GRACE, INPUT_BATCH, WINDOW};
 use crate::config::Config;
 use crate::messages::{Outbound, SystemSnapshot};
+use chrono::Utc;
 use crossbeam_channel::{Receiver, never, select};
 use rumqttc::{Client, ClientError, QoS};
 use std::collections::BTreeMap;
@@ -50,6 +52,9 @@ pub struct OutboxStage {
     /// Without retain: how often, and when next, the current state is published again.
     refresh_every: Duration,
     refresh_at: Option<Instant>,
+    /// Values waiting for a sane wall clock, at most `clock_wait`.
+    held: Held,
+    clock_wait: Duration,
     /// The newest retained device status / vehicle summary per topic, for [`Self::republish_retained`].
     retained: BTreeMap<String, Message>,
 }
@@ -85,6 +90,11 @@ impl OutboxStage {
             max_qos: config.mqtt.max_qos,
             retain: config.mqtt.retain,
             refresh_every: Duration::from_secs(config.mqtt.status_interval),
+            held: Held::new(
+                Duration::from_secs(config.gateway.clock_wait),
+                config.mqtt.outbox_capacity,
+            ),
+            clock_wait: Duration::from_secs(config.gateway.clock_wait),
             refresh_at: (!config.mqtt.retain)
                 .then(|| Instant::now() + Duration::from_secs(config.mqtt.status_interval)),
         }
@@ -97,10 +107,17 @@ impl OutboxStage {
         let mut final_steps: Vec<Message> = Vec::new();
         loop {
             let sync_at = self.outbox.sync_spool(false);
-            let wake = [deadline, self.reannounce_at, sync_at, self.refresh_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let held_at = self.held.next_check();
+            let wake = [
+                deadline,
+                self.reannounce_at,
+                sync_at,
+                self.refresh_at,
+                held_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wait = wake.map(|d| d.saturating_duration_since(Instant::now()));
             select! {
                 recv(input) -> out => {
@@ -111,15 +128,16 @@ impl OutboxStage {
                     while let Some(out) = next.take() {
                         if let Outbound::Shutdown { reason } = &out {
                             log::info!("shutting down ({reason}): flushing to the broker");
+                            self.release_held(true);
                             final_steps = vec![
                                 self.renderer.availability(false),
-                                self.renderer.shutdown(reason, chrono::Utc::now()),
+                                self.renderer.shutdown(reason, Utc::now()),
                             ];
                             deadline = Some(Instant::now() + self.timeout);
                             input = never();
                             break;
                         }
-                        self.accept(&out);
+                        self.receive(out);
                         taken += 1;
                         if taken < INPUT_BATCH {
                             next = input.try_recv().ok();
@@ -130,22 +148,30 @@ impl OutboxStage {
                     Ok(event) => self.on_net(event),
                     Err(_) => break,
                 },
-                default(wait.unwrap_or(Duration::MAX)) => {
-                    let now = Instant::now();
-                    if self.reannounce_at.is_some_and(|t| t <= now) {
-                        self.reannounce_at = None;
-                        let configs = self.ha.as_ref().map(|h| h.announce_all()).unwrap_or_default();
-                        configs.into_iter().for_each(|m| self.push(m));
-                    }
-                    if self.refresh_at.is_some_and(|t| t <= now) {
-                        self.refresh_at = Some(now + self.refresh_every);
-                        let states: Vec<Message> = self.retained.values().cloned().collect();
-                        states.into_iter().for_each(|m| self.push(m));
-                    }
-                    if deadline.is_some_and(|d| d <= now) {
-                        break;
-                    }
-                }
+                default(wait.unwrap_or(Duration::MAX)) => {}
+            }
+            // Timers are checked after every wake-up, not only on a timeout: a busy input must not
+            // starve them.
+            let now = Instant::now();
+            if self.reannounce_at.is_some_and(|t| t <= now) {
+                self.reannounce_at = None;
+                let configs = self
+                    .ha
+                    .as_ref()
+                    .map(|h| h.announce_all())
+                    .unwrap_or_default();
+                configs.into_iter().for_each(|m| self.push(m));
+            }
+            if held_at.is_some_and(|t| t <= now) {
+                self.release_held(false);
+            }
+            if self.refresh_at.is_some_and(|t| t <= now) {
+                self.refresh_at = Some(now + self.refresh_every);
+                let states: Vec<Message> = self.retained.values().cloned().collect();
+                states.into_iter().for_each(|m| self.push(m));
+            }
+            if deadline.is_some_and(|d| d <= now) {
+                break;
             }
             self.pump();
             if deadline.is_some() && self.outbox.is_empty() {
@@ -176,11 +202,58 @@ impl OutboxStage {
         }
     }
 
-    fn accept(&mut self, out: &Outbound) {
+    /// Take one value from the pipeline: publish it, or hold it while the wall clock is not sane.
+    fn receive(&mut self, out: Outbound) {
+        let wall = Utc::now();
+        if !self.held.wants(&out, wall) {
+            self.accept(&out, true);
+            return;
+        }
+        if self.held.is_empty() {
+            log::warn!(
+                "the wall clock says {} (before {}): holding messages until it is set, at most {} s",
+                payload::timestamp(wall),
+                payload::timestamp(clock::not_before()),
+                self.clock_wait.as_secs()
+            );
+        }
+        if let Some(old) = self.held.hold(out, Instant::now(), wall) {
+            self.accept(&old, false);
+        }
+    }
+
+    /// Publish what the hold lets go (`all`: everything, at shutdown).
+    fn release_held(&mut self, all: bool) {
+        let out = self.held.release(Instant::now(), Utc::now(), all);
+        if out.is_empty() {
+            return;
+        }
+        let valid = out.iter().filter(|(_, v)| *v).count();
+        if valid > 0 {
+            log::info!(
+                "the wall clock is set: {valid} held message(s) stamped from the monotonic clock"
+            );
+        }
+        if valid < out.len() {
+            log::warn!(
+                "{} held message(s) published with a wall clock still not set (extra.clock_valid: false)",
+                out.len() - valid
+            );
+        }
+        for (o, valid) in out {
+            self.accept(&o, valid);
+        }
+    }
+
+    /// Render and queue `out`; `clock_valid: false` marks its `extra` (readings, device statuses).
+    fn accept(&mut self, out: &Outbound, clock_valid: bool) {
         if let Outbound::System(s) = out {
             self.snapshot = Some(s.clone());
         }
-        let msg = self.renderer.render(out, || self.local_status());
+        let mut msg = self.renderer.render(out, || self.local_status());
+        if !clock_valid {
+            clock_invalid(&mut msg.payload);
+        }
         if matches!(
             out,
             Outbound::DeviceStatus(_) | Outbound::Summary(_) | Outbound::Removed(_)
@@ -386,6 +459,22 @@ impl OutboxStage {
             dropped_messages: self.outbox.dropped(),
             disk_usage_percent: disk_usage_percent(&self.state_dir),
             mqtt_connected: self.connected,
+        }
+    }
+}
+
+/// Add `"clock_valid": false` to the payload's `extra` object, if it has one (rare: a clock never set).
+fn clock_invalid(payload: &mut Vec<u8>) {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return;
+    };
+    if let Some(extra) = v
+        .get_mut("extra")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        extra.insert("clock_valid".into(), false.into());
+        if let Ok(p) = serde_json::to_vec(&v) {
+            *payload = p;
         }
     }
 }
