@@ -103,4 +103,19 @@ fn a_clock_starting_in_1970_never_reaches_a_payload_and_readings_are_stamped_rig
         "the held readings carry their true, earlier times"
     );
     assert!(gw.log().contains("stamped from the monotonic clock"));
+    // The registry (written within a second of a change) never keeps a 1970 first sighting.
+    let registry = state.path().join("registry.json");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(&registry).unwrap_or_default();
+        assert!(!text.contains("1970-"), "registry: {text}");
+        if text.matches("\"first_seen\": \"20").count() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first sightings not recorded with the right time: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
