@@ -684,4 +684,22 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!(o.dropped(), 0);
     }
+
+    #[test]
+    fn a_full_outbox_spills_readings_to_the_spool_also_while_connected() {
+        let d = std::env::temp_dir().join(format!("bh-outbox-spill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut o = Outbox::new(2, 3).with_spool(Spool::open(&d, 1).unwrap());
+        o.connected();
+        for i in 0..5 {
+            o.push(msg(&format!("r{i}"), Kind::Reading, 1));
+        }
+        assert_eq!((o.len(), o.spooled(), o.dropped()), (2, 3, 0));
+        assert_eq!(
+            send_all(&mut o, 1),
+            ["r0", "r1", "r2", "r3", "r4"],
+            "in order"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
