@@ -119,3 +119,33 @@ fn a_clock_starting_in_1970_never_reaches_a_payload_and_readings_are_stamped_rig
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_clock_never_set_gives_flagged_readings_after_the_wait_and_still_no_1970() {
+    let broker = Mosquitto::start();
+    let state = TempDir::new("state");
+    let clock = TempDir::new("faketime");
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "-1766000000\n").unwrap();
+    let mut sub = Subscriber::connect(broker.port, "#");
+    let lib = libfaketime();
+    let config = sim_config(broker.port, state.path(), FLEET)
+        .replace("state_dir", "clock_wait = 2\nstate_dir");
+    let _gw = Gateway::start_env(
+        &config,
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let r = sub.wait_for(T, "a reading after the wait", |r| {
+        r.topic.ends_with("/reading")
+    });
+    assert_eq!(r.json()["extra"]["clock_valid"], false, "{}", r.text());
+    sub.drain_for(Duration::from_secs(2));
+    for r in &sub.seen {
+        assert!(!r.text().contains("1970-"), "{}: {}", r.topic, r.text());
+    }
+}

@@ -2,8 +2,10 @@
 //! whatever it stamps meanwhile is wrong. Outbound values stamped before [`not_before`] are held (at
 //! most `gateway.clock_wait` s, monotonic) and stamped again once the wall clock is sane: each one's
 //! true time is the sane wall clock minus the monotonic time elapsed since it was received, minus how
-//! long before its receipt it had been stamped. Held longer than the wait, they go out as stamped,
-//! readings and device statuses marked `extra.clock_valid: false`.
+//! long before its receipt it had been stamped. Held longer than the wait, they go out with a stand-in
+//! time — [`not_before`] plus the process's monotonic uptime at receipt, which keeps their order and
+//! spacing but is only a lower bound — readings and device statuses marked `extra.clock_valid: false`.
+//! So no time from an unset clock (1970) reaches a payload.
 //!
 //! Pure: time comes in as arguments. Must never: read a clock itself, or reorder what it holds.
 
@@ -74,9 +76,16 @@ struct Entry {
     wall: DateTime<Utc>,
 }
 
+/// The time to use when the wall clock is not sane: [`not_before`] plus the uptime (monotonic).
+pub fn stand_in(mono: Instant, started: Instant) -> DateTime<Utc> {
+    not_before() + TimeDelta::from_std(mono.saturating_duration_since(started)).unwrap_or_default()
+}
+
 /// Outbound values waiting for a sane wall clock, oldest first, bounded.
 #[derive(Debug)]
 pub struct Held {
+    /// The process's start (for [`stand_in`]).
+    started: Instant,
     entries: VecDeque<Entry>,
     wait: Duration,
     capacity: usize,
@@ -85,9 +94,11 @@ pub struct Held {
 }
 
 impl Held {
-    /// Hold for at most `wait`, at most `capacity` values (past it the oldest goes out as is).
-    pub fn new(wait: Duration, capacity: usize) -> Held {
+    /// Hold for at most `wait`, at most `capacity` values (past it the oldest goes out at once, with a
+    /// stand-in time); `started`: the process's start.
+    pub fn new(wait: Duration, capacity: usize, started: Instant) -> Held {
         Held {
+            started,
             entries: VecDeque::new(),
             wait,
             capacity: capacity.max(1),
@@ -109,22 +120,28 @@ impl Held {
         !self.entries.is_empty() || !is_sane(wall) || stamp(out).is_some_and(|t| !is_sane(t))
     }
 
-    /// Hold `out`, received at `mono` / `wall`. Returns the oldest held value, to publish now as it is,
-    /// when full.
+    /// Hold `out`, received at `mono` / `wall`. Returns the oldest held value, with a stand-in time, to
+    /// publish now when full.
     pub fn hold(&mut self, out: Outbound, mono: Instant, wall: DateTime<Utc>) -> Option<Outbound> {
         if self.entries.is_empty() {
             self.checked = Some(mono);
         }
         self.entries.push_back(Entry { out, mono, wall });
         if self.entries.len() > self.capacity {
-            return self.entries.pop_front().map(|e| e.out);
+            return self.entries.pop_front().map(|e| self.stand_in_for(e));
         }
         None
     }
 
+    fn stand_in_for(&self, mut e: Entry) -> Outbound {
+        let delta = stand_in(e.mono, self.started) - e.wall;
+        shift(&mut e.out, delta);
+        e.out
+    }
+
     /// What may go out at `mono` / `wall`: with a sane wall clock, everything, stamped again
     /// (`true`: the time is right); otherwise what waited longer than the wait (everything with
-    /// `all`, at shutdown), as is (`false`).
+    /// `all`, at shutdown), with a stand-in time (`false`).
     pub fn release(
         &mut self,
         mono: Instant,
@@ -153,7 +170,7 @@ impl Held {
             .is_some_and(|e| all || mono.saturating_duration_since(e.mono) >= self.wait)
         {
             if let Some(e) = self.entries.pop_front() {
-                out.push((e.out, false));
+                out.push((self.stand_in_for(e), false));
             }
         }
         out
@@ -189,8 +206,8 @@ mod tests {
 
     #[test]
     fn values_stamped_in_1970_are_stamped_again_from_the_monotonic_clock() {
-        let mut h = Held::new(Duration::from_secs(120), 100);
         let t0 = Instant::now();
+        let mut h = Held::new(Duration::from_secs(120), 100, t0);
         // Stamped 1 s before the stage received it, 10 s after boot in 1970.
         let e = event(at(9));
         assert!(h.wants(&e, at(10)));
@@ -213,29 +230,37 @@ mod tests {
     }
 
     #[test]
-    fn after_the_wait_they_go_out_as_they_are() {
-        let mut h = Held::new(Duration::from_secs(120), 100);
+    fn after_the_wait_they_go_out_with_a_stand_in_time() {
         let t0 = Instant::now();
-        h.hold(event(at(5)), t0, at(5));
+        let mut h = Held::new(Duration::from_secs(120), 100, t0);
+        // Received 10 s after start, stamped 1 s before its receipt by a clock 5 s after 1970.
+        h.hold(event(at(4)), t0 + Duration::from_secs(10), at(5));
         h.hold(event(at(65)), t0 + Duration::from_secs(60), at(65));
-        let out = h.release(t0 + Duration::from_secs(120), at(125), false);
+        let out = h.release(t0 + Duration::from_secs(130), at(135), false);
         assert_eq!(out.len(), 1);
         assert!(!out[0].1, "marked: the clock is not valid");
-        assert_eq!(stamp(&out[0].0), Some(at(5)));
+        assert_eq!(
+            stamp(&out[0].0),
+            Some(not_before() + TimeDelta::seconds(9)),
+            "no 1970: the floor plus the uptime"
+        );
         assert_eq!(h.len(), 1);
-        assert_eq!(h.next_check(), Some(t0 + Duration::from_secs(121)));
+        assert_eq!(h.next_check(), Some(t0 + Duration::from_secs(131)));
     }
 
     #[test]
     fn a_sane_clock_holds_nothing_and_the_hold_is_bounded() {
-        let h = Held::new(Duration::from_secs(120), 2);
+        let t0 = Instant::now();
+        let mut h = Held::new(Duration::from_secs(120), 2, t0);
         let now = not_before() + TimeDelta::days(1);
         assert!(!h.wants(&event(now), now));
-        let mut h = h;
-        let t0 = Instant::now();
         assert!(h.hold(event(at(1)), t0, at(1)).is_none());
         assert!(h.hold(event(at(2)), t0, at(2)).is_none());
         let out = h.hold(event(at(3)), t0, at(3)).unwrap();
-        assert_eq!(stamp(&out), Some(at(1)), "the oldest goes out when full");
+        assert_eq!(
+            stamp(&out),
+            Some(not_before()),
+            "the oldest goes out when full, stand-in time"
+        );
     }
 }

@@ -93,6 +93,7 @@ impl OutboxStage {
             held: Held::new(
                 Duration::from_secs(config.gateway.clock_wait),
                 config.mqtt.outbox_capacity,
+                started,
             ),
             clock_wait: Duration::from_secs(config.gateway.clock_wait),
             refresh_at: (!config.mqtt.retain)
@@ -131,7 +132,7 @@ impl OutboxStage {
                             self.release_held(true);
                             final_steps = vec![
                                 self.renderer.availability(false),
-                                self.renderer.shutdown(reason, Utc::now()),
+                                self.renderer.shutdown(reason, self.wall_now()),
                             ];
                             deadline = Some(Instant::now() + self.timeout);
                             input = never();
@@ -202,6 +203,16 @@ impl OutboxStage {
         }
     }
 
+    /// The wall clock, or a stand-in while it is not set (see `clock`).
+    fn wall_now(&self) -> chrono::DateTime<Utc> {
+        let now = Utc::now();
+        if clock::is_sane(now) {
+            now
+        } else {
+            clock::stand_in(Instant::now(), self.started)
+        }
+    }
+
     /// Take one value from the pipeline: publish it, or hold it while the wall clock is not sane.
     fn receive(&mut self, out: Outbound) {
         let wall = Utc::now();
@@ -236,7 +247,8 @@ impl OutboxStage {
         }
         if valid < out.len() {
             log::warn!(
-                "{} held message(s) published with a wall clock still not set (extra.clock_valid: false)",
+                "{} held message(s) published with a wall clock still not set: stand-in times \
+                 (extra.clock_valid: false)",
                 out.len() - valid
             );
         }
