@@ -404,6 +404,10 @@ impl Outbox {
             if e.msg.retain { ", retained" } else { "" },
             e.attempts
         );
+        if e.msg.kind == Kind::Reading {
+            // Readings are never created again; only re-created state and events need remembering.
+            return;
+        }
         self.poison.insert(
             e.msg.topic.clone(),
             Poison {
