@@ -12,6 +12,8 @@ command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 command -v dbus-daemon >/dev/null && command -v dbus-send >/dev/null || need+=(dbus)
 /usr/bin/python3 -c 'import dbusmock' 2>/dev/null || need+=(python3-dbusmock)
 pkg-config --exists dbus-1 2>/dev/null || need+=(libdbus-1-dev pkg-config)
+# libfaketime: the field tests start the gateway with a wall clock in 1970 (tests/field_clock.rs).
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -60,6 +60,7 @@ impl Pipeline {
         let state_dir = &config.gateway.state_dir;
         std::fs::create_dir_all(state_dir)
             .map_err(|e| PipelineError::StateDir(state_dir.clone(), e))?;
+        mqtt::lock_state_dir(state_dir).map_err(PipelineError::Mqtt)?;
         let registry = Registry::load(state_dir);
         let auto = registry
             .devices

@@ -68,6 +68,8 @@ pub struct Config {
 pub struct Gateway {
     pub id: String,
     pub state_dir: PathBuf,
+    /// Seconds to hold readings while the wall clock is before the build date (SPEC §3, rev. 2).
+    pub clock_wait: u64,
 }
 
 impl Default for Gateway {
@@ -75,6 +77,7 @@ impl Default for Gateway {
         Gateway {
             id: host_name(),
             state_dir: PathBuf::from("/var/lib/battery-hawk"),
+            clock_wait: 120,
         }
     }
 }
@@ -135,6 +138,12 @@ pub struct Mqtt {
     pub status_interval: u64,
     pub outbox_capacity: usize,
     pub spool_max_mb: u64,
+    /// Cap (0–2) for the QoS of every publish, including system status, shutdown and the last will
+    /// (brokers without QoS 2: AWS IoT, Azure IoT Hub). SPEC §3/§4, rev. 2.
+    pub max_qos: u8,
+    /// `false`: nothing is retained (brokers without retain); the current state is re-published every
+    /// `status_interval` s instead. SPEC §3/§4, rev. 2.
+    pub retain: bool,
 }
 
 impl Default for Mqtt {
@@ -159,6 +168,8 @@ impl Default for Mqtt {
             status_interval: 60,
             outbox_capacity: 10_000,
             spool_max_mb: 16,
+            max_qos: 2,
+            retain: true,
         }
     }
 }
@@ -498,6 +509,12 @@ impl Config {
         if self.mqtt.qos > 2 {
             return bad(format!("mqtt.qos = {} (allowed: 0, 1 or 2)", self.mqtt.qos));
         }
+        if self.mqtt.max_qos > 2 {
+            return bad(format!(
+                "mqtt.max_qos = {} (allowed: 0, 1 or 2)",
+                self.mqtt.max_qos
+            ));
+        }
         if self.gateway.id.trim().is_empty() {
             return bad("gateway.id must not be empty".into());
         }
@@ -733,10 +750,16 @@ fn probe_measurement() -> crate::devices::Measurement {
     }
 }
 
-/// SPEC §1: not empty, no `+`, `#`, NUL, no leading or trailing `/`.
+/// SPEC §1: not empty, no `+`, `#`, NUL, no leading or trailing `/` or white space.
 pub fn validate_prefix(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err("must not be empty".into());
+    }
+    if p.trim() != p {
+        return Err(format!(
+            "'{}' starts or ends with white space (it would become part of every topic)",
+            p.escape_debug()
+        ));
     }
     if let Some(c) = p.chars().find(|c| matches!(c, '+' | '#' | '\0')) {
         return Err(format!(

@@ -70,6 +70,13 @@ fn bad_values_are_named() {
         ("[mqtt]\ntopic_prefix = \"/a\"\n", "mqtt.topic_prefix"),
         ("[mqtt]\ntopic_prefix = \"\"\n", "mqtt.topic_prefix"),
         ("[mqtt]\nqos = 3\n", "mqtt.qos"),
+        ("[mqtt]\nmax_qos = 3\n", "mqtt.max_qos"),
+        ("[mqtt]\ntopic_prefix = \"bh \"\n", "white space"),
+        ("[mqtt]\ntopic_prefix = \" bh\"\n", "mqtt.topic_prefix"),
+        (
+            "[homeassistant]\ndiscovery_prefix = \"homeassistant\\t\"\n",
+            "homeassistant.discovery_prefix",
+        ),
         ("[mqtt]\nqos = -1\n", "qos"),
         (
             "[mqtt]\npassword_file = \"/nonexistent/pw\"\n",
@@ -130,9 +137,11 @@ fn bad_env_overrides_name_the_variable() {
         ("BATTERYHAWK_NOSECTION_KEY", "1"),
         ("BATTERYHAWK_BLUETOOTH_BACKEND", "carrier-pigeon"),
         ("BATTERYHAWK_MQTT_TOPIC_PREFIX", "a/+"),
+        ("BATTERYHAWK_MQTT_TOPIC_PREFIX", "bh "),
+        ("BATTERYHAWK_MQTT_MAX_QOS", "3"),
     ] {
         let e = parse_env("", &[(var, value)]).unwrap_err();
-        let named = e.contains(var) || e.contains("topic_prefix");
+        let named = e.contains(var) || e.contains("topic_prefix") || e.contains("max_qos");
         assert!(named, "{var}={value} gave {e}");
     }
 }

@@ -26,13 +26,19 @@ pub struct Registry {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct KnownDevice {
-    /// When the device was first seen on the air (`None`: configured but never seen yet).
+    /// When the device was first seen on the air (`None`: configured but never seen yet). A time from
+    /// a wall clock not yet set (SPEC §3 "Clocks") is never written.
+    #[serde(serialize_with = "sane_or_null")]
     pub first_seen: Option<DateTime<Utc>>,
     pub device_type: Option<String>,
     pub name: Option<String>,
     pub vehicle: Option<String>,
     /// Added by `discovery.auto_configure` (polled although the config does not list it).
     pub auto: bool,
+}
+
+fn sane_or_null<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    t.filter(|t| crate::mqtt::clock::is_sane(*t)).serialize(s)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -13,6 +13,7 @@ use crate::messages::{
     LinkError, Notice, Outbound, ReadingOut, Removed, Sighting, SummaryDevice, SummaryOut,
     SystemSnapshot,
 };
+use crate::mqtt::clock::is_sane;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -382,7 +383,9 @@ impl Fleet {
     ) -> bool {
         let entry = self.registry.devices.entry(mac).or_default();
         let first = entry.first_seen.is_none();
-        if first {
+        // A first sighting stamped by a clock not yet set is corrected by the first sane one.
+        let unset = entry.first_seen.is_some_and(|t| !is_sane(t)) && is_sane(now);
+        if first || unset {
             entry.first_seen = Some(now);
         }
         let mut described = false;
@@ -396,7 +399,7 @@ impl Fleet {
             entry.name = name;
             described = true;
         }
-        self.registry_dirty |= first || described;
+        self.registry_dirty |= first || unset || described;
         if described {
             self.rebuild();
         }

@@ -3,9 +3,11 @@
 //! Pure bookkeeping, no I/O: the MQTT thread feeds it messages, "handed to the client" marks, the client's
 //! `Outgoing::Publish(pkid)` events (which come in hand-over order) and acks. On a lost connection every
 //! unacknowledged message goes back to the queue in its original order. Retained state is coalesced: an
-//! entry superseded by a newer one on the same topic is never sent. When full, the oldest reading goes
+//! entry superseded by a newer one on the same topic is never sent (also with `mqtt.retain = false`,
+//! when state is published without the retain flag). When full, the oldest reading goes
 //! (counted in `dropped`). Must never: lose an unacknowledged QoS ≥ 1 message any other way, or reorder.
 
+use super::link::{InFlight, Suspect};
 use super::payload::{Kind, Message};
 use super::spool::Spool;
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +44,17 @@ pub struct Outbox {
     /// Warnings that could come once per reading under overload, logged at most once a minute.
     drops: Throttle,
     spool_errors: Throttle,
+    /// While set, messages up to this sequence number are re-sent one at a time.
+    probe_until: Option<i64>,
+    /// Topic → the message given up there because the broker kept closing the connection on it.
+    poison: HashMap<String, Poison>,
+}
+
+#[derive(Debug)]
+struct Poison {
+    qos: u8,
+    retain: bool,
+    len: usize,
 }
 
 /// Counts events and says when to log them: the first at once, then at most once per [`Throttle::EVERY`]
@@ -70,7 +83,8 @@ impl Throttle {
 const REPLAY_BATCH: usize = 100;
 
 impl Outbox {
-    /// `capacity` messages in memory; a message is given up after `max_attempts` lost connections.
+    /// `capacity` messages in memory; a message is given up after the broker closed the connection on it
+    /// `max_attempts` times.
     pub fn new(capacity: usize, max_attempts: u32) -> Outbox {
         Outbox {
             capacity: capacity.max(1),
@@ -86,6 +100,8 @@ impl Outbox {
             connected: false,
             drops: Throttle::default(),
             spool_errors: Throttle::default(),
+            poison: HashMap::new(),
+            probe_until: None,
         }
     }
 
@@ -121,8 +137,12 @@ impl Outbox {
         }
     }
 
-    /// Accept a message at the back of the queue.
+    /// Accept a message at the back of the queue (a message like one given up as poison is dropped
+    /// and counted instead).
     pub fn push(&mut self, msg: Message) {
+        if self.refuse_poison(&msg) {
+            return;
+        }
         let msg = if msg.kind == Kind::Reading {
             match self.spool_reading(msg) {
                 Some(m) => m,
@@ -148,13 +168,28 @@ impl Outbox {
 
     /// Accept a message ahead of everything queued (availability and status at connect).
     pub fn push_front(&mut self, msg: Message) {
+        if self.refuse_poison(&msg) {
+            return;
+        }
         let seq = self.next_priority_seq;
         self.next_priority_seq -= 1;
         self.accept(seq, msg, true);
     }
 
+    fn refuse_poison(&mut self, msg: &Message) -> bool {
+        if !self.is_poison(msg) {
+            return false;
+        }
+        self.dropped += 1;
+        log::debug!(
+            "not sending a message for {}: the broker refused one like it",
+            msg.topic
+        );
+        true
+    }
+
     fn accept(&mut self, seq: i64, msg: Message, front: bool) {
-        if msg.retain {
+        if msg.kind == Kind::State {
             // A newer state replaces a queued older one in place, so the queue stays bounded by topics.
             if let Some(&old) = self.newest.get(&msg.topic)
                 && let Ok(i) = self.queue.binary_search_by_key(&old, |e| e.seq)
@@ -196,7 +231,7 @@ impl Outbox {
     }
 
     fn is_stale(&self, e: &Entry) -> bool {
-        e.msg.retain && self.newest.get(&e.msg.topic) != Some(&e.seq)
+        e.msg.kind == Kind::State && self.newest.get(&e.msg.topic) != Some(&e.seq)
     }
 
     /// The next message to hand to the client (superseded retained state is skipped and discarded).
@@ -240,10 +275,14 @@ impl Outbox {
     }
 
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
-    pub fn acked(&mut self, pkid: u16) {
-        if let Some(e) = self.inflight.remove(&pkid) {
-            self.forget(&e);
-        }
+    /// Returns what kind of message it was (the broker evidently accepts such).
+    pub fn acked(&mut self, pkid: u16) -> Option<Suspect> {
+        let e = self.inflight.remove(&pkid)?;
+        self.forget(&e);
+        Some(Suspect {
+            qos: e.msg.qos,
+            retain: e.msg.retain,
+        })
     }
 
     /// Read the next batch of spooled readings into the queue (they are older than anything new).
@@ -267,33 +306,129 @@ impl Outbox {
         if let (Some(segment), Some(spool)) = (e.spooled, self.spool.as_mut()) {
             spool.acked(segment);
         }
-        if e.msg.retain && self.newest.get(&e.msg.topic) == Some(&e.seq) {
+        if e.msg.kind == Kind::State && self.newest.get(&e.msg.topic) == Some(&e.seq) {
             self.newest.remove(&e.msg.topic);
         }
     }
 
     /// The connection dropped: everything unacknowledged goes back into the queue, in original order.
-    pub fn connection_lost(&mut self) {
+    ///
+    /// `closed_by_broker`: the broker closed it (rather than the network failing), perhaps on a message
+    /// it refuses. Acks cannot single that message out — a broker closing on a packet resets the
+    /// connection, and the acks it sent for the packets before are lost with it — so:
+    /// - with one message in flight, that one is the suspect: it is charged one attempt; after
+    ///   `max_attempts` it is given up, counted, and remembered as poison, so the same message is never
+    ///   created again (see [`Outbox::push`]);
+    /// - with several, nobody is charged, and they are re-sent one at a time ([`Outbox::window`]
+    ///   becomes 1 until all of them have left), so a next death has a single suspect.
+    ///
+    /// Returns what was in flight.
+    pub fn connection_lost(&mut self, closed_by_broker: bool) -> InFlight {
         self.connected = false;
+        let in_flight = self.inflight.len();
+        let single = if in_flight == 1 {
+            self.inflight.values().next().map(|e| e.seq)
+        } else {
+            None
+        };
+        if closed_by_broker && self.inflight.len() > 1 {
+            let last = self
+                .inflight
+                .values()
+                .chain(&self.handed)
+                .map(|e| e.seq)
+                .max();
+            self.probe_until = self.probe_until.max(last);
+        }
         let mut back: Vec<Entry> = self.handed.drain(..).collect();
         back.extend(self.inflight.drain().map(|(_, e)| e));
         back.sort_by_key(|e| e.seq);
-        for e in back.into_iter().rev() {
-            let attempts = e.attempts + 1;
-            if attempts >= self.max_attempts && e.msg.kind != Kind::State {
-                self.dropped += 1;
-                self.forget(&e);
-                log::warn!(
-                    "giving up on a message for {} after {attempts} lost connections",
-                    e.msg.topic
-                );
-                continue;
+        let mut suspect = None;
+        for mut e in back.into_iter().rev() {
+            if Some(e.seq) == single {
+                suspect = Some(Suspect {
+                    qos: e.msg.qos,
+                    retain: e.msg.retain,
+                });
+                if closed_by_broker {
+                    e.attempts += 1;
+                }
+                if e.attempts >= self.max_attempts {
+                    self.give_up(&e);
+                    continue;
+                }
             }
-            self.queue.push_front(Entry { attempts, ..e });
+            self.queue.push_front(e);
         }
         let mut all: Vec<Entry> = self.queue.drain(..).collect();
         all.sort_by_key(|e| e.seq);
         self.queue.extend(all);
+        match suspect {
+            Some(s) => InFlight::One(s),
+            None if in_flight == 0 => InFlight::Nothing,
+            None => InFlight::Several,
+        }
+    }
+
+    /// How many messages may be with the client at once: `normal`, or 1 while the messages that were
+    /// in flight when the broker closed the connection are re-sent (see [`Outbox::connection_lost`]).
+    pub fn window(&mut self, normal: usize) -> usize {
+        let Some(until) = self.probe_until else {
+            return normal;
+        };
+        // The queue is in sequence order, so its front is its oldest.
+        let pending = self
+            .queue
+            .front()
+            .into_iter()
+            .chain(&self.handed)
+            .chain(self.inflight.values())
+            .any(|e| e.seq <= until);
+        if pending {
+            1
+        } else {
+            self.probe_until = None;
+            normal
+        }
+    }
+
+    fn give_up(&mut self, e: &Entry) {
+        self.dropped += 1;
+        self.forget(e);
+        log::warn!(
+            "giving up on a message for {} ({} bytes, QoS {}{}): the broker closed the connection \
+             each of the {} times it was sent",
+            e.msg.topic,
+            e.msg.payload.len(),
+            e.msg.qos,
+            if e.msg.retain { ", retained" } else { "" },
+            e.attempts
+        );
+        if e.msg.kind == Kind::Reading {
+            // Readings are never created again; only re-created state and events need remembering.
+            return;
+        }
+        self.poison.insert(
+            e.msg.topic.clone(),
+            Poison {
+                qos: e.msg.qos,
+                retain: e.msg.retain,
+                len: e.msg.payload.len(),
+            },
+        );
+    }
+
+    /// Whether `msg` is like one the broker kept refusing: same topic, QoS and retain flag, and at least
+    /// as large.
+    fn is_poison(&self, msg: &Message) -> bool {
+        self.poison.get(&msg.topic).is_some_and(|p| {
+            p.qos == msg.qos && p.retain == msg.retain && msg.payload.len() >= p.len
+        })
+    }
+
+    /// Messages given up as poison so far (see [`Outbox::connection_lost`]).
+    pub fn poisoned(&self) -> usize {
+        self.poison.len()
     }
 
     /// Messages held in memory (queued, handed over or in flight).
@@ -354,161 +489,5 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(topic: &str, kind: Kind, qos: u8) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: topic.as_bytes().to_vec(),
-            qos,
-            retain: kind == Kind::State,
-            kind,
-        }
-    }
-
-    /// Hand everything over and write it with consecutive packet ids starting at `first`.
-    fn send_all(o: &mut Outbox, first: u16) -> Vec<String> {
-        let mut sent = Vec::new();
-        let mut pkid = first;
-        while let Some(m) = o.peek() {
-            sent.push(m.topic.clone());
-            o.handed_over();
-            o.written(pkid);
-            pkid += 1;
-        }
-        sent
-    }
-
-    #[test]
-    fn per_reading_warnings_are_throttled() {
-        let mut t = Throttle::default();
-        assert_eq!(t.note(), Some(1), "the first is logged at once");
-        assert!((0..1000).all(|_| t.note().is_none()));
-        t.last = Some(Instant::now() - Throttle::EVERY);
-        assert_eq!(t.note(), Some(1001), "then with the count since");
-    }
-
-    #[test]
-    fn a_message_leaves_only_when_acked() {
-        let mut o = Outbox::new(10, 3);
-        o.push(msg("r1", Kind::Reading, 1));
-        o.push(msg("r2", Kind::Reading, 1));
-        assert_eq!(send_all(&mut o, 1), ["r1", "r2"]);
-        assert_eq!(o.len(), 2);
-        o.acked(1);
-        assert_eq!(o.len(), 1);
-        o.acked(2);
-        assert!(o.is_empty());
-    }
-
-    #[test]
-    fn qos0_leaves_when_written() {
-        let mut o = Outbox::new(10, 3);
-        o.push(msg("r", Kind::Reading, 0));
-        send_all(&mut o, 0);
-        assert!(o.is_empty());
-    }
-
-    #[test]
-    fn unacked_messages_are_resent_in_order_after_reconnect() {
-        let mut o = Outbox::new(10, 3);
-        for t in ["r1", "r2", "r3"] {
-            o.push(msg(t, Kind::Reading, 1));
-        }
-        assert_eq!(send_all(&mut o, 1), ["r1", "r2", "r3"]);
-        o.acked(2);
-        o.push(msg("r4", Kind::Reading, 1));
-        o.connection_lost();
-        assert_eq!(send_all(&mut o, 1), ["r1", "r3", "r4"]);
-    }
-
-    #[test]
-    fn handed_but_unwritten_messages_are_requeued_too() {
-        let mut o = Outbox::new(10, 3);
-        o.push(msg("r1", Kind::Reading, 1));
-        o.push(msg("r2", Kind::Reading, 1));
-        o.peek();
-        o.handed_over();
-        o.connection_lost();
-        assert_eq!(send_all(&mut o, 1), ["r1", "r2"]);
-    }
-
-    #[test]
-    fn retained_state_is_coalesced_per_topic() {
-        let mut o = Outbox::new(10, 3);
-        o.push(msg("s", Kind::State, 1));
-        o.push(msg("r", Kind::Reading, 1));
-        let mut newer = msg("s", Kind::State, 1);
-        newer.payload = b"newer".to_vec();
-        o.push(newer);
-        let mut seen = Vec::new();
-        while let Some(m) = o.peek() {
-            seen.push(m.payload.clone());
-            o.handed_over();
-        }
-        // The newer state took the older one's place; the older was never sent.
-        assert_eq!(seen, [b"newer".to_vec(), b"r".to_vec()]);
-    }
-
-    #[test]
-    fn a_stale_state_in_flight_is_not_resent_over_a_newer_one() {
-        let mut o = Outbox::new(10, 3);
-        o.push(msg("s", Kind::State, 1));
-        send_all(&mut o, 1);
-        let mut newer = msg("s", Kind::State, 1);
-        newer.payload = b"newer".to_vec();
-        o.push(newer);
-        o.connection_lost();
-        let mut seen = Vec::new();
-        while let Some(m) = o.peek() {
-            seen.push(m.payload.clone());
-            o.handed_over();
-        }
-        assert_eq!(seen, [b"newer".to_vec()]);
-    }
-
-    #[test]
-    fn a_long_outage_does_not_pile_up_states() {
-        let mut o = Outbox::new(10, 3);
-        for i in 0..1000 {
-            let mut s = msg("status", Kind::State, 1);
-            s.payload = format!("{i}").into_bytes();
-            o.push(s);
-        }
-        assert_eq!(o.len(), 1);
-        assert_eq!(o.peek().unwrap().payload, b"999");
-    }
-
-    #[test]
-    fn priority_messages_go_first() {
-        let mut o = Outbox::new(10, 3);
-        o.push(msg("r1", Kind::Reading, 1));
-        o.push_front(msg("online", Kind::State, 1));
-        assert_eq!(send_all(&mut o, 1), ["online", "r1"]);
-    }
-
-    #[test]
-    fn full_outbox_drops_the_oldest_reading_not_state() {
-        let mut o = Outbox::new(3, 3);
-        o.push(msg("s", Kind::State, 1));
-        o.push(msg("r1", Kind::Reading, 1));
-        o.push(msg("r2", Kind::Reading, 1));
-        o.push(msg("r3", Kind::Reading, 1));
-        assert_eq!(o.dropped(), 1);
-        assert_eq!(send_all(&mut o, 1), ["s", "r2", "r3"]);
-    }
-
-    #[test]
-    fn a_message_that_keeps_killing_the_connection_is_given_up() {
-        let mut o = Outbox::new(10, 2);
-        o.push(msg("poison", Kind::Event, 1));
-        send_all(&mut o, 1);
-        o.connection_lost();
-        assert_eq!(o.len(), 1);
-        send_all(&mut o, 1);
-        o.connection_lost();
-        assert!(o.is_empty());
-        assert_eq!(o.dropped(), 1);
-    }
-}
+#[path = "outbox_tests.rs"]
+mod tests;

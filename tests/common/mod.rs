@@ -82,6 +82,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Keep sessions and queued messages across restarts (saved on a clean stop).
     persistent: bool,
+    /// More lines for mosquitto.conf (limits a test wants the broker to have).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -96,9 +98,28 @@ impl Mosquitto {
             dir,
             child: None,
             persistent: false,
+            extra: String::new(),
         };
         m.restart();
         m
+    }
+
+    /// A broker whose mosquitto.conf ends with `extra` (e.g. `"max_qos 1\n"`), on a free port.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: TempDir::new("mosquitto"),
+            child: None,
+            persistent: false,
+            extra: extra.to_string(),
+        };
+        m.restart();
+        m
+    }
+
+    /// mosquitto's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     /// A broker that keeps persistent sessions across (clean) restarts.
@@ -108,6 +129,7 @@ impl Mosquitto {
             dir: TempDir::new("mosquitto"),
             child: None,
             persistent: true,
+            extra: String::new(),
         };
         m.restart();
         m
@@ -129,11 +151,12 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence {}\npersistence_location {}/\n\
-                 user root\nlog_dest file {}\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
+                 user root\nlog_dest file {}\nmax_queued_messages 1000000\nmax_inflight_messages 100\n{}",
                 self.port,
                 self.persistent,
                 self.dir.path().display(),
-                self.dir.path().join("mosquitto.log").display()
+                self.dir.path().join("mosquitto.log").display(),
+                self.extra
             ),
         )
         .unwrap();
@@ -451,4 +474,20 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Topic → payload of every retained message a new subscriber to `filter` gets from the broker on `port`
+/// (collected for `settle`).
+pub fn retained(
+    port: u16,
+    filter: &str,
+    settle: Duration,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut sub = Subscriber::connect(port, filter);
+    sub.drain_for(settle);
+    sub.seen
+        .iter()
+        .filter(|r| r.retain && !r.payload.is_empty())
+        .map(|r| (r.topic.clone(), r.payload.clone()))
+        .collect()
 }

@@ -2,8 +2,9 @@
 //!
 //! Owns: append-only segment files (`NNNNNNNNNN.seg`), their replay in order, and the size bound
 //! (`mqtt.spool_max_mb`: past it the oldest segment is dropped, its readings counted as dropped).
-//! A record is `len u32 LE | qos u8 | topic_len u16 LE | topic | payload`; a torn record at the end of a
-//! segment (a crash mid-write) ends that segment's replay.
+//! Records are framed and checksummed ([`record`]). At start-up every segment is checked: a damaged one
+//! (a power cut, a zero-filled page) is moved aside as `<id>.damaged` with one error line saying how
+//! many readings were recovered and lost, and its intact readings are replayed.
 //!
 //! Write pattern (SD cards wear): nothing is written while the broker is healthy and the outbox has room.
 //! While readings go to the spool each one is one `write` (so a killed process loses none) and the file is
@@ -11,7 +12,9 @@
 //! readings. A segment is deleted once all its readings were read back *and* acknowledged by the broker.
 //! Must never: reorder readings, or grow past its bound.
 
-use super::payload::{Kind, Message};
+mod record;
+
+use super::payload::Message;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -22,7 +25,6 @@ use std::time::{Duration, Instant};
 const SEGMENTS: u64 = 8;
 const MIN_SEGMENT: u64 = 64 * 1024;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
-const HEADER: usize = 4 + 1 + 2;
 /// Id of the first segment; [`Spool::prepend`] counts down from the oldest.
 const FIRST_ID: u64 = 1_000_000_000;
 
@@ -59,39 +61,71 @@ impl std::fmt::Display for SpoolError {
     }
 }
 
-fn encode(msg: &Message) -> Vec<u8> {
-    let topic = msg.topic.as_bytes();
-    let len = 1 + 2 + topic.len() + msg.payload.len();
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend((len as u32).to_le_bytes());
-    out.push(msg.qos);
-    out.extend((topic.len() as u16).to_le_bytes());
-    out.extend(topic);
-    out.extend(&msg.payload);
-    out
-}
-
 /// Read the record at the reader's position; `None` at the end or at a torn/corrupt record.
-fn decode(r: &mut impl Read) -> Option<(Message, u64)> {
-    let mut head = [0u8; HEADER];
-    r.read_exact(&mut head).ok()?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let topic_len = u16::from_le_bytes([head[5], head[6]]) as usize;
-    if len < 3 + topic_len || len > 16 * 1024 * 1024 || head[4] > 2 {
+fn read_record(r: &mut impl Read) -> Option<(Message, u64)> {
+    let mut buf = vec![0u8; record::HEADER];
+    r.read_exact(&mut buf).ok()?;
+    let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    if len > 2 * 1024 * 1024 {
         return None;
     }
-    let mut body = vec![0u8; len - 3];
-    r.read_exact(&mut body).ok()?;
-    let payload = body.split_off(topic_len);
-    let topic = String::from_utf8(body).ok()?;
-    let msg = Message {
-        topic,
-        payload,
-        qos: head[4],
-        retain: false,
-        kind: Kind::Reading,
-    };
-    Some((msg, (4 + len) as u64))
+    buf.resize(record::HEADER + len, 0);
+    r.read_exact(&mut buf[record::HEADER..]).ok()?;
+    let (msg, _, n) = record::decode(&buf)?;
+    Some((msg, n as u64))
+}
+
+/// Write `msgs` as a fresh, synced segment file at `path` (indices from 0); its size in bytes.
+fn write_segment(path: &Path, msgs: &[Message]) -> io::Result<u64> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let mut bytes = 0;
+    for (i, m) in msgs.iter().enumerate() {
+        let r = record::encode(m, i as u32);
+        f.write_all(&r)?;
+        bytes += r.len() as u64;
+    }
+    f.sync_data()?;
+    Ok(bytes)
+}
+
+/// Read the segment at `path`, recovering around damage: a damaged file is moved aside (to
+/// `<id>.damaged`) with one error line and its intact records written to a fresh file in its place;
+/// a file in the old unframed layout is rewritten framed. Returns its records and size.
+fn load_segment(path: &Path) -> io::Result<(u64, u64)> {
+    let bytes = std::fs::read(path)?;
+    let scan = record::scan(&bytes);
+    if !scan.damaged && !scan.legacy {
+        return Ok((scan.records.len() as u64, bytes.len() as u64));
+    }
+    if scan.damaged {
+        let mut aside = path.with_extension("damaged");
+        let mut n = 1;
+        while aside.exists() {
+            aside = path.with_extension(format!("damaged-{n}"));
+            n += 1;
+        }
+        std::fs::rename(path, &aside)?;
+        log::error!(
+            "spool: {} is damaged: {} reading(s) recovered, {} lost{}; the damaged file is kept as {}",
+            path.display(),
+            scan.records.len(),
+            scan.lost,
+            if scan.torn_tail { " (at least)" } else { "" },
+            aside.display()
+        );
+    } else {
+        log::info!(
+            "spool: {} rewritten in the framed layout ({} reading(s))",
+            path.display(),
+            scan.records.len()
+        );
+    }
+    let size = write_segment(path, &scan.records)?;
+    Ok((scan.records.len() as u64, size))
 }
 
 impl Spool {
@@ -110,12 +144,7 @@ impl Spool {
         let mut segments = VecDeque::new();
         for id in ids {
             let path = dir.join(format!("{id:010}.seg"));
-            let mut r = io::BufReader::new(File::open(&path).map_err(err)?);
-            let (mut records, mut bytes) = (0, 0);
-            while let Some((_, n)) = decode(&mut r) {
-                records += 1;
-                bytes += n;
-            }
+            let (records, bytes) = load_segment(&path).map_err(err)?;
             segments.push_back(Segment {
                 id,
                 path,
@@ -164,10 +193,11 @@ impl Spool {
 
     /// Append a reading at the end.
     pub fn append(&mut self, msg: &Message) -> io::Result<()> {
-        let record = encode(msg);
-        let need_new = self.segments.back().is_none_or(|s| {
-            s.bytes + record.len() as u64 > self.segment_bytes || self.writer.is_none()
-        });
+        let size = (record::HEADER + 3 + msg.topic.len() + msg.payload.len()) as u64;
+        let need_new = self
+            .segments
+            .back()
+            .is_none_or(|s| s.bytes + size > self.segment_bytes || self.writer.is_none());
         if need_new {
             let id = self.segments.back().map_or(FIRST_ID, |s| s.id + 1);
             let path = self.dir.join(format!("{id:010}.seg"));
@@ -183,6 +213,8 @@ impl Spool {
                 outstanding: 0,
             });
         }
+        let index = self.segments.back().map_or(0, |s| s.records as u32);
+        let record = record::encode(msg, index);
         if let Some(w) = self.writer.as_mut() {
             w.write_all(&record)?;
         }
@@ -205,14 +237,7 @@ impl Spool {
         }
         let id = self.segments.front().map_or(FIRST_ID, |s| s.id - 1);
         let path = self.dir.join(format!("{id:010}.seg"));
-        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-        let mut bytes = 0;
-        for m in msgs {
-            let record = encode(m);
-            f.write_all(&record)?;
-            bytes += record.len() as u64;
-        }
-        f.sync_data()?;
+        let bytes = write_segment(&path, msgs)?;
         self.segments.push_front(Segment {
             id,
             path,
@@ -282,7 +307,7 @@ impl Spool {
             }
             let mut r = io::BufReader::new(f);
             while out.len() < n && s.read < s.records {
-                match decode(&mut r) {
+                match read_record(&mut r) {
                     Some((msg, len)) => {
                         s.read += 1;
                         s.read_offset += len;
@@ -333,6 +358,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::payload::Kind;
 
     fn reading(i: usize) -> Message {
         Message {
@@ -443,6 +469,39 @@ mod tests {
         assert_eq!(s.len() + s.dropped(), 1000);
         let first = s.read_batch(1);
         assert!(first[0].0.topic == big(s.dropped() as usize).topic);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_segment_is_moved_aside_and_its_intact_readings_replayed() {
+        let d = dir("damaged");
+        let mut s = Spool::open(&d, 1).unwrap();
+        for i in 0..24 {
+            s.append(&reading(i)).unwrap();
+        }
+        s.sync_due(true);
+        drop(s);
+        let seg = d.join(format!("{FIRST_ID:010}.seg"));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let record = bytes.len() / 24;
+        bytes[record * 2..record * 6].fill(0);
+        bytes.truncate(bytes.len() - 5);
+        std::fs::write(&seg, &bytes).unwrap();
+        let mut again = Spool::open(&d, 1).unwrap();
+        let got: Vec<Vec<u8>> = again
+            .read_batch(100)
+            .into_iter()
+            .map(|(m, _)| m.payload)
+            .collect();
+        let want: Vec<Vec<u8>> = (0..2).chain(6..23).map(|i| reading(i).payload).collect();
+        assert_eq!(got, want, "every intact reading, in order");
+        assert!(d.join(format!("{FIRST_ID:010}.damaged")).exists());
+        drop(again);
+        assert_eq!(
+            Spool::open(&d, 1).unwrap().len(),
+            19,
+            "the rewritten segment is whole"
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 }

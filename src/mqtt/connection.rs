@@ -1,0 +1,191 @@
+//! The broker connection: rumqttc options (TLS, credentials, last will) and the "mqtt-conn" loop.
+//!
+//! Owns: turning rumqttc's events into [`Net`] reports and the reconnect backoff. Must never: decide what
+//! is sent, touch the outbox, or reconnect without waiting the backoff (rumqttc alone would spin).
+
+use super::MqttError;
+use super::link::{Link, Loss};
+use super::payload::Renderer;
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+use rumqttc::{
+    Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, StateError,
+    TlsConfiguration, Transport,
+};
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+/// Largest packet we send; bigger messages are refused before they reach the outbox (rumqttc would
+/// drop the connection, and the queue with it).
+pub const MAX_PACKET: usize = 256 * 1024;
+/// Largest packet we accept from the broker. Larger than anything we subscribe to needs (Home
+/// Assistant's status is a word), so a stray large retained message there is read and dropped rather
+/// than closing the connection; anything larger still closes it once (see `Loss::IncomingTooLarge`).
+pub const MAX_INCOMING: usize = 1024 * 1024;
+/// Unacknowledged QoS ≥ 1 publishes on the wire.
+pub const INFLIGHT: u16 = 100;
+/// CA bundle used with `tls = true` and no `ca_file` (Debian's ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What the connection loop tells the outbox thread.
+pub enum Net {
+    /// CONNACK; `session`: the broker kept a session for us (never with a clean session), so it still
+    /// has our retained state only if it was not restarted without persistence — we cannot tell, so
+    /// without a session everything retained is published again.
+    Connected {
+        session: bool,
+    },
+    Written(u16),
+    Acked(u16),
+    /// A message on a topic we subscribed to (Home Assistant's status).
+    Incoming {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// The connection is gone. The outbox requeues, then answers on `ack` so the loop can clear
+    /// rumqttc's queues knowing nothing new was handed over meanwhile.
+    Down {
+        why: String,
+        loss: Loss,
+        /// How long the connection had been up (monotonic); `None`: it never got a CONNACK.
+        uptime: Option<Duration>,
+        ack: Sender<()>,
+    },
+}
+
+fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|e| MqttError::File(key, path.to_string(), e))
+}
+
+pub fn options(config: &Config, renderer: &Renderer) -> Result<MqttOptions, MqttError> {
+    let m = &config.mqtt;
+    let mut o = MqttOptions::new(config.client_id(), m.broker.clone(), m.port);
+    o.set_keep_alive(Duration::from_secs(m.keepalive))
+        .set_clean_session(true)
+        .set_inflight(INFLIGHT)
+        .set_max_packet_size(MAX_INCOMING, MAX_PACKET);
+    let will = renderer.availability(false);
+    o.set_last_will(LastWill::new(
+        will.topic,
+        will.payload,
+        qos(will.qos.min(m.max_qos)),
+        m.retain,
+    ));
+    if !m.username.is_empty() {
+        o.set_credentials(m.username.clone(), m.password.0.clone());
+    }
+    if m.tls {
+        let ca = if m.ca_file.is_empty() {
+            read_file("mqtt.ca_file (default)", SYSTEM_CA_BUNDLE)?
+        } else {
+            read_file("mqtt.ca_file", &m.ca_file)?
+        };
+        let client_auth = if m.client_cert.is_empty() {
+            None
+        } else {
+            Some((
+                read_file("mqtt.client_cert", &m.client_cert)?,
+                read_file("mqtt.client_key", &m.client_key)?,
+            ))
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+pub fn qos(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// How a connection ended, by the error's kind (never by its text).
+fn classify(e: &ConnectionError) -> Loss {
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+        )
+    };
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) => Loss::Closed,
+        ConnectionError::MqttState(
+            StateError::Io(io) | StateError::Deserialization(rumqttc::mqttbytes::Error::Io(io)),
+        )
+        | ConnectionError::Io(io)
+            if closed(io) =>
+        {
+            Loss::Closed
+        }
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_),
+        )) => Loss::IncomingTooLarge,
+        _ => Loss::Unreachable,
+    }
+}
+
+/// The connection loop: drive rumqttc, report events, back off after errors. Nothing else.
+pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>) {
+    let mut link = Link::new(Backoff::broker());
+    loop {
+        let net = match connection.recv() {
+            Err(_) => return,
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                link.connected(Instant::now());
+                Net::Connected {
+                    session: ack.session_present,
+                }
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => Net::Written(pkid),
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => Net::Acked(ack.pkid),
+            Ok(Ok(Event::Incoming(Packet::PubComp(comp)))) => Net::Acked(comp.pkid),
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Net::Incoming {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            },
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => {
+                let (ack_tx, ack_rx) = bounded(1);
+                let (uptime, delay) = link.lost(Instant::now());
+                let down = Net::Down {
+                    why: e.to_string(),
+                    loss: classify(&e),
+                    uptime,
+                    ack: ack_tx,
+                };
+                if tx.send(down).is_err() || ack_rx.recv().is_err() {
+                    return;
+                }
+                connection.eventloop.clean();
+                connection.eventloop.pending.clear();
+                // Events of the dead connection not yet handed out (the `Outgoing::Publish` of a batch
+                // whose write failed): the outbox has requeued those messages, and a stale event after
+                // the next CONNACK would be matched to the wrong message.
+                connection.eventloop.state.events.clear();
+                log::info!(
+                    "reconnecting to the MQTT broker in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                select! {
+                    recv(stop) -> _ => return,
+                    default(delay) => {}
+                }
+                continue;
+            }
+        };
+        if tx.send(net).is_err() {
+            return;
+        }
+    }
+}
