@@ -48,6 +48,12 @@ pub enum Notice {
     Adopted { mac: Mac, model: Model, mode: Mode },
     /// An auto-configured monitor was not heard for `discovery.forget_after`: forget it and clear its state.
     Forgotten { mac: Mac },
+    /// Records newly downloaded from a monitor's own log (SPEC §5.7), one batch of at most a day, and
+    /// what to remember of the read for the next sync (the registry keeps it).
+    History {
+        out: HistoryOut,
+        synced: Option<crate::devices::history::Synced>,
+    },
     /// The Bluetooth side changed state.
     Bluetooth(BluetoothState),
     /// A new configuration (SIGHUP), passed down the pipeline so each stage applies it in order.

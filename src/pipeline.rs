@@ -62,13 +62,20 @@ impl Pipeline {
             .map_err(|e| PipelineError::StateDir(state_dir.clone(), e))?;
         mqtt::lock_state_dir(state_dir).map_err(PipelineError::Mqtt)?;
         let registry = Registry::load(state_dir);
-        let auto = registry
-            .devices
-            .iter()
-            .filter(|(_, d)| d.auto)
-            .map(|(mac, d)| (*mac, d.device_type.as_deref().and_then(Model::by_name)))
-            .collect();
-        let known = registry.devices.keys().copied().collect();
+        let memory = ble::Memory {
+            auto: registry
+                .devices
+                .iter()
+                .filter(|(_, d)| d.auto)
+                .map(|(mac, d)| (*mac, d.device_type.as_deref().and_then(Model::by_name)))
+                .collect(),
+            known: registry.devices.keys().copied().collect(),
+            synced: registry
+                .devices
+                .iter()
+                .filter_map(|(mac, d)| Some((*mac, d.history.clone()?)))
+                .collect(),
+        };
         let (ble_tx, ble_rx) = bounded(CHANNEL);
         let (fleet_tx, fleet_rx) = bounded(CHANNEL);
         let (out_tx, out_rx) = bounded(CHANNEL);
@@ -77,8 +84,8 @@ impl Pipeline {
         let fleet = fleet::spawn(Arc::clone(&config), registry, bluetooth, fleet_rx, out_tx)
             .map_err(PipelineError::Spawn)?;
         let decode = decode::spawn(ble_rx, fleet_tx).map_err(PipelineError::Spawn)?;
-        let ble = BleStage::spawn(Arc::clone(&config), auto, known, ble_tx)
-            .map_err(PipelineError::Ble)?;
+        let ble =
+            BleStage::spawn(Arc::clone(&config), memory, ble_tx).map_err(PipelineError::Ble)?;
         Ok(Pipeline {
             ble,
             decode,

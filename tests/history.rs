@@ -236,3 +236,101 @@ fn a_seven_day_first_sync() {
         v["slots"], v["read_seconds"], v["records_per_second"], v["link_held_seconds"]
     );
 }
+
+/// The gateway itself (`run`, poll mode): after the live reading, in the same connection, it downloads
+/// the log and publishes every record once on `P/device/{mac}/history`, oldest first, at most a day per
+/// message, then disconnects; the next polls do not download again (30 minutes apart at the least), and
+/// the registry remembers where the read ended.
+#[test]
+fn the_gateway_publishes_a_polled_monitors_log_once_with_the_reading() {
+    const REQUEST: &str = "697ea0b5d54cf024e794772355554114";
+    const READING: &str = "71543b749f6f614dd6333f21546f681d";
+    let log = log(3 * 720);
+    let scenario = json!({"adapter": "hci0", "devices": [{
+        "address": MAC, "name": "BM6", "rssi": -60, "mtu": 247, "notify_ms": 2,
+        "request": REQUEST, "replies": [READING],
+        "answers": { request(0, 5040): [reply(&log, 0, 5040)] }
+    }]});
+    let bluez = FakeBluez::start(&scenario);
+    let broker = common::Mosquitto::start();
+    let mut sub = common::Subscriber::connect(broker.port, "battery_hawk/device/#");
+    let state = TempDir::new("state");
+    let config = format!(
+        "[gateway]\nid = \"hist-gw\"\nstate_dir = \"{}\"\n[logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
+         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n\
+         [bluetooth]\nconnection_timeout = 5\ndata_wait_timeout = 2\n[discovery]\nscan_duration = 1\n\
+         [[device]]\nmac = \"{MAC}\"\ntype = \"BM6\"\npoll_interval = 2\n",
+        state.path().display(),
+        broker.port
+    );
+    let before = Utc::now();
+    let mut gw =
+        common::Gateway::start_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)]);
+    let t = std::time::Duration::from_secs(30);
+    sub.wait_for(t, "the live reading", |r| r.topic.ends_with("/reading"));
+    // 2160 slots, one of them empty: 2159 readings.
+    let count = |sub: &common::Subscriber| -> usize {
+        sub.seen
+            .iter()
+            .filter(|r| r.topic.ends_with("/history"))
+            .map(|r| r.json()["records"].as_array().unwrap().len())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + t;
+    while count(&sub) < 2159 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records published",
+            count(&sub)
+        );
+        sub.drain_for(std::time::Duration::from_millis(200));
+    }
+    // Two more polls: the reading again, the log not again.
+    for _ in 0..2 {
+        sub.seen.retain(|r| !r.topic.ends_with("/reading"));
+        sub.wait_for(t, "a later reading", |r| r.topic.ends_with("/reading"));
+    }
+    let after = Utc::now();
+    let batches: Vec<Value> = sub
+        .seen
+        .iter()
+        .filter(|r| r.topic.ends_with("/history"))
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(count(&sub), 2159, "every record once");
+    assert!(
+        batches.len() >= 3 && batches.len() <= 4,
+        "{} batches for 3 days",
+        batches.len()
+    );
+    let mut previous: Option<DateTime<Utc>> = None;
+    for b in &batches {
+        let (from, to) = (time(&b["from"]), time(&b["to"]));
+        assert!(
+            to - from < chrono::Duration::days(1),
+            "a batch spans less than a day"
+        );
+        assert!(previous.is_none_or(|p| from > p), "batches oldest first");
+        previous = Some(to);
+        assert_eq!(b["device_id"], MAC);
+    }
+    // The newest record was logged within 2 minutes before the read.
+    let newest = time(&batches.last().unwrap()["to"]);
+    assert!(newest >= before - chrono::Duration::seconds(240) && newest <= after);
+    assert_eq!(
+        bluez.device_calls(MAC, "Connect"),
+        bluez.device_calls(MAC, "Disconnect")
+    );
+    gw.signal("TERM");
+    assert_eq!(
+        gw.wait(std::time::Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        gw.log()
+    );
+    let registry = std::fs::read_to_string(state.path().join("registry.json")).unwrap();
+    assert!(
+        registry.contains("\"history\""),
+        "where the read ended is remembered: {registry}"
+    );
+}

@@ -245,11 +245,7 @@ impl Radio for Bluez {
                             }
                             self.disconnect(mac).await;
                             let why = if e.is_panic() { "the poll task panicked" } else { "the poll was cancelled" };
-                            RadioEvent::PollDone(mac, PollOutcome {
-                                frames: Vec::new(),
-                                result: Err(LinkError::Failed(why.into())),
-                                model: None,
-                            })
+                            RadioEvent::PollDone(mac, PollOutcome::failed(None, LinkError::Failed(why.into())))
                         }
                     };
                 }
@@ -312,15 +308,9 @@ impl Radio for Bluez {
 
     async fn act(&mut self, action: Action) {
         let Some(adapter) = self.adapter.clone() else {
-            if let Action::Poll { mac, model } = action {
-                self.pending.push(RadioEvent::PollDone(
-                    mac,
-                    PollOutcome {
-                        frames: Vec::new(),
-                        result: Err(LinkError::AdapterUnavailable),
-                        model,
-                    },
-                ));
+            if let Action::Poll { mac, model, .. } = action {
+                let outcome = PollOutcome::failed(model, LinkError::AdapterUnavailable);
+                self.pending.push(RadioEvent::PollDone(mac, outcome));
             }
             return;
         };
@@ -334,11 +324,15 @@ impl Radio for Bluez {
                 Err(e) => log::warn!("cannot start a scan: {e}"),
             },
             Action::StopScan => self.discovery = None,
-            Action::Poll { mac, model } => {
+            Action::Poll {
+                mac,
+                model,
+                history,
+            } => {
                 let config = Arc::clone(&self.config);
-                let handle = self
-                    .polls
-                    .spawn(async move { (mac, poll_once(&adapter, mac, model, &config).await) });
+                let handle = self.polls.spawn(async move {
+                    (mac, poll_once(&adapter, mac, model, &config, history).await)
+                });
                 self.poll_tasks.insert(handle.id(), mac);
             }
             Action::OpenStream {
@@ -478,7 +472,7 @@ pub(super) async fn read(
     model: Option<crate::devices::Model>,
 ) -> Result<RawFrame, LinkError> {
     let (_session, adapter) = open_known(config, mac).await?;
-    let outcome = poll_once(&adapter, mac, model, config).await;
+    let outcome = poll_once(&adapter, mac, model, config, None).await;
     outcome.result?;
     outcome.frames.into_iter().next().ok_or(LinkError::NoData)
 }

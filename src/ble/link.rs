@@ -3,8 +3,9 @@
 //! radio in `bluez.rs`; retries, timing and throttling are the scheduler's. Every failure comes back as a
 //! SPEC §2.2 [`LinkError`], classified by bluer's error kind (never by message text), never as a panic.
 
-use super::scheduler::{Heard, PollOutcome};
+use super::scheduler::{Heard, HistoryAsk, PollOutcome};
 use crate::config::Config;
+use crate::devices::history::{History, records_to_ask};
 use crate::devices::{self, DecodeError, Decoded, Model, Source};
 use crate::mac::Mac;
 use crate::messages::{LinkError, RawFrame};
@@ -196,11 +197,13 @@ pub(super) async fn poll_once(
     mac: Mac,
     model: Option<Model>,
     config: &Config,
+    history: Option<HistoryAsk>,
 ) -> PollOutcome {
     let outcome = |model, frames, result| PollOutcome {
         frames,
         result,
         model,
+        history: None,
     };
     let device = match known_device(adapter, mac).await {
         Ok(d) => d,
@@ -211,12 +214,15 @@ pub(super) async fn poll_once(
         return outcome(None, Vec::new(), Err(LinkError::BadData(why)));
     };
     let mut frames = Vec::new();
-    let result = attempt(&device, mac, model, config, &mut frames).await;
+    let result = attempt(&device, mac, model, config, &mut frames, history).await;
     if let Err(e) = device.disconnect().await {
         log::debug!("{mac}: disconnect: {e}");
     }
     match result {
-        Ok(frame) => outcome(Some(model), vec![frame], Ok(())),
+        Ok((frame, history)) => PollOutcome {
+            history,
+            ..outcome(Some(model), vec![frame], Ok(()))
+        },
         Err(e) => outcome(Some(model), frames, Err(e)),
     }
 }
@@ -227,7 +233,8 @@ async fn attempt(
     model: Model,
     config: &Config,
     rejected: &mut Vec<RawFrame>,
-) -> Result<RawFrame, LinkError> {
+    history: Option<HistoryAsk>,
+) -> Result<(RawFrame, Option<History>), LinkError> {
     let conn_timeout = Duration::from_secs(config.bluetooth.connection_timeout);
     let data_wait = Duration::from_secs(config.bluetooth.data_wait_timeout);
     connect(device, conn_timeout).await?;
@@ -249,22 +256,50 @@ async fn attempt(
         while let Some(v) = values.next().await {
             // Stamped on arrival, not after the disconnect.
             let f = frame(v);
-            match devices::decode_frame(model, Source::Gatt, mac, &f.data) {
-                Ok((_, Decoded::Reading(_))) | Err(DecodeError::OutOfRange { .. }) => {
-                    return Some(f);
-                }
-                Ok(_) => log::trace!("{model} {mac}: skipped a non-reading frame"),
-                Err(_) => rejected.push(f),
+            // A notification may carry several 16-byte blocks: it is a reading if one block is.
+            let blocks = devices::decode_notification(model, Source::Gatt, mac, &f.data);
+            let reading = |b: &Result<(Vec<u8>, Decoded), DecodeError>| {
+                matches!(
+                    b,
+                    Ok((_, Decoded::Reading(_))) | Err(DecodeError::OutOfRange { .. })
+                )
+            };
+            if blocks.iter().any(reading) {
+                return Some(f);
+            } else if blocks.iter().any(Result::is_err) {
+                rejected.push(f);
+            } else {
+                log::trace!("{model} {mac}: skipped a non-reading notification");
             }
         }
         None
     })
     .await;
-    match wait {
-        Ok(Some(frame)) => Ok(frame),
-        _ if !rejected.is_empty() => Err(LinkError::BadData("no valid reading".into())),
-        _ => Err(LinkError::NoData),
+    let frame = match wait {
+        Ok(Some(frame)) => frame,
+        _ if !rejected.is_empty() => return Err(LinkError::BadData("no valid reading".into())),
+        _ => return Err(LinkError::NoData),
+    };
+    // The live reading is in hand; the monitor's own log follows in the same connection (SPEC §5.7).
+    let Some(ask) = history else {
+        return Ok((frame, None));
+    };
+    if let Err(e) = super::history::att_mtu(&notify, model).await {
+        log::info!("{model} {mac}: no history download: {}", e.message());
+        return Ok((frame, None));
     }
+    let want = records_to_ask(ask.last.as_ref(), Utc::now(), ask.initial_days);
+    let (took, read) = super::history::drive(&write, &mut values, model, want, false).await;
+    let read = read.unwrap_or_else(|f| {
+        log::info!("{model} {mac}: history download stopped: {}", f.error);
+        f.partial
+    });
+    log::debug!(
+        "{model} {mac}: {} history record(s) read in {} ms",
+        read.records.len(),
+        took.as_millis()
+    );
+    Ok((frame, Some(read)))
 }
 
 pub(super) async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {

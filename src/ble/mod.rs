@@ -21,8 +21,8 @@ use crate::devices::Model;
 use crate::mac::Mac;
 use crate::messages::{BleEvent, BluetoothState, LinkError, RawFrame, Sighting};
 use crossbeam_channel::Sender;
+pub use scheduler::Memory;
 use scheduler::Scheduler;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -71,13 +71,12 @@ pub fn initial_state(config: &Config) -> BluetoothState {
 }
 
 impl BleStage {
-    /// Start the BLE thread for `config`'s devices and the auto-configured devices `auto` (address and
-    /// model, from the registry); `known` is every address the registry remembers (never auto-configured
-    /// again). What it hears goes to `tx`.
+    /// Start the BLE thread for `config`'s devices and what the registry remembers (`memory`:
+    /// auto-configured devices, every address ever known, where each log download ended). What it hears
+    /// goes to `tx`.
     pub fn spawn(
         config: Arc<Config>,
-        auto: Vec<(Mac, Option<Model>)>,
-        known: HashSet<Mac>,
+        memory: Memory,
         tx: Sender<BleEvent>,
     ) -> Result<BleStage, BleError> {
         let (commands, rx) = tokio::sync::mpsc::channel(8);
@@ -85,7 +84,7 @@ impl BleStage {
         let thread = std::thread::Builder::new()
             .name("ble".into())
             .spawn(move || {
-                let scheduler = Scheduler::new(Arc::clone(&config), auto, known, Instant::now());
+                let scheduler = Scheduler::new(Arc::clone(&config), memory, Instant::now());
                 // The radios are made inside the runtime: they own its timers.
                 runtime.block_on(async {
                     match config.bluetooth.backend {

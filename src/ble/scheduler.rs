@@ -10,10 +10,13 @@
 
 use super::foreign::Foreign;
 use crate::config::{Config, Mode};
+use crate::devices::history::{History, Synced, day_batches, new_since};
 use crate::devices::{self, Model, Source};
 use crate::mac::Mac;
-use crate::messages::{BleEvent, BluetoothState, LinkError, Notice, RawFrame, Sighting};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use crate::messages::{
+    BleEvent, BluetoothState, HistoryOut, LinkError, Notice, RawFrame, Sighting,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,10 @@ pub const STREAM_RETRY_CAP: Duration = Duration::from_secs(60);
 /// How long a passive device must have been heard without an encrypted frame before its iBeacon is used
 /// (at most; one poll interval when that is shorter).
 pub const IBEACON_WAIT: Duration = Duration::from_secs(10);
+/// A polled monitor's own log is downloaded again (in the same connection, after the live reading) when
+/// the last download is older than this: often enough that the 2-minute records fill every gap between
+/// polls, rarely enough that the link (and the owner's phone app) is not held for it on every poll.
+pub const HISTORY_GAP: Duration = Duration::from_secs(1800);
 /// A passive device without a usable broadcast for this many poll intervals is reported (1003 or 1004).
 pub const PASSIVE_SILENCE_INTERVALS: u32 = 3;
 
@@ -50,6 +57,25 @@ pub struct Heard {
     pub fresh: bool,
 }
 
+/// What the gateway remembers of earlier runs (the registry), for a new scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// Auto-configured monitors: address and model.
+    pub auto: Vec<(Mac, Option<Model>)>,
+    /// Every address ever known: never auto-configured again.
+    pub known: HashSet<Mac>,
+    /// Where the last download of each monitor's own log ended.
+    pub synced: HashMap<Mac, Synced>,
+}
+
+/// A request to download a monitor's own log after the live reading (SPEC §5.7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryAsk {
+    /// Where the last download ended (`None`: never synced: reach back `initial_days`).
+    pub last: Option<Synced>,
+    pub initial_days: u32,
+}
+
 /// How a poll ended: the frames to hand to the decode stage and the outcome.
 #[derive(Debug, Clone)]
 pub struct PollOutcome {
@@ -59,6 +85,20 @@ pub struct PollOutcome {
     pub result: Result<(), LinkError>,
     /// The model the link used (it may have learned it from the advertisement).
     pub model: Option<Model>,
+    /// The monitor's own log, when it was asked for (what was read before a failure, too).
+    pub history: Option<History>,
+}
+
+impl PollOutcome {
+    /// A poll that ended in `error` with nothing received.
+    pub fn failed(model: Option<Model>, error: LinkError) -> PollOutcome {
+        PollOutcome {
+            frames: Vec::new(),
+            result: Err(error),
+            model,
+            history: None,
+        }
+    }
 }
 
 /// What the radio must do.
@@ -66,10 +106,12 @@ pub struct PollOutcome {
 pub enum Action {
     StartScan,
     StopScan,
-    /// Connect, ask for one reading, disconnect: one attempt, ending in [`Scheduler::poll_done`].
+    /// Connect, ask for one reading (and, with `history`, download the monitor's log in the same
+    /// connection), disconnect: one attempt, ending in [`Scheduler::poll_done`].
     Poll {
         mac: Mac,
         model: Option<Model>,
+        history: Option<HistoryAsk>,
     },
     /// Open a long-lived link that reports every notification through [`Scheduler::stream_frame`] and its end
     /// through [`Scheduler::stream_ended`].
@@ -126,6 +168,9 @@ struct Dev {
     pending: Option<RawFrame>,
     stream_retry: Duration,
     rssi: Option<i16>,
+    /// Where the last download of its own log ended, and when it was made (this run).
+    synced: Option<Synced>,
+    last_sync: Option<Instant>,
 }
 
 impl Dev {
@@ -155,6 +200,8 @@ impl Dev {
             pending: None,
             stream_retry: STREAM_RETRY_FIRST,
             rssi: None,
+            synced: None,
+            last_sync: None,
         }
     }
 
@@ -210,15 +257,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for `config`'s devices plus `auto` (auto-configured earlier: address and model, from the
-    /// registry), where `known` holds every address the registry remembers. Scans start at `now` when
-    /// `discovery.initial_scan` is set.
-    pub fn new(
-        config: Arc<Config>,
-        auto: Vec<(Mac, Option<Model>)>,
-        known: HashSet<Mac>,
-        now: Instant,
-    ) -> Scheduler {
+    /// A scheduler for `config`'s devices plus what the registry remembers (`memory`). Scans start at
+    /// `now` when `discovery.initial_scan` is set.
+    pub fn new(config: Arc<Config>, memory: Memory, now: Instant) -> Scheduler {
+        let Memory {
+            auto,
+            known,
+            mut synced,
+        } = memory;
         let mut s = Scheduler {
             devices: BTreeMap::new(),
             known,
@@ -241,6 +287,9 @@ impl Scheduler {
             s.devices.insert(mac, d);
         }
         s.apply_config(&config, now);
+        for (mac, d) in s.devices.iter_mut() {
+            d.synced = synced.remove(mac);
+        }
         s.next_scan = if config.discovery.initial_scan {
             Some(now)
         } else {
@@ -419,6 +468,12 @@ impl Scheduler {
         }
         let model = d.model;
         let frames = outcome.frames;
+        if let Some(h) = outcome.history {
+            self.history_read(mac, &h, now);
+        }
+        let Some(d) = self.devices.get_mut(&mac) else {
+            return;
+        };
         match outcome.result {
             Ok(()) => {
                 d.last_emit = Some(now);
@@ -809,9 +864,35 @@ impl Scheduler {
                 _ => Action::Poll {
                     mac,
                     model: d.model,
+                    history: history_ask(d, &self.config, now),
                 },
             };
             self.out.push(action);
+        }
+    }
+
+    /// A download of `mac`'s log came back: publish what is new since the last one, oldest first, in
+    /// batches of at most a day; remember where it ended.
+    fn history_read(&mut self, mac: Mac, h: &History, now: Instant) {
+        let Some(d) = self.devices.get_mut(&mac) else {
+            return;
+        };
+        let fresh = new_since(d.synced.as_ref(), h);
+        d.last_sync = Some(now);
+        if fresh.gap {
+            log::info!("{mac}: its log does not continue the last download (reset or clock step)");
+        }
+        if let Some(next) = &fresh.next {
+            d.synced = Some(next.clone());
+        }
+        let batches = day_batches(&fresh.records);
+        let last = batches.len().saturating_sub(1);
+        for (i, records) in batches.into_iter().enumerate() {
+            let synced = if i == last { fresh.next.clone() } else { None };
+            self.emit(Notice::History {
+                out: HistoryOut { mac, records },
+                synced,
+            });
         }
     }
 
@@ -893,6 +974,17 @@ impl Scheduler {
             self.emit(Notice::Forgotten { mac });
         }
     }
+}
+
+/// Whether this poll also downloads the monitor's own log: a polled model the `[history]` section covers,
+/// not downloaded for [`HISTORY_GAP`] in this run.
+fn history_ask(d: &Dev, config: &Config, now: Instant) -> Option<HistoryAsk> {
+    let model = d.model?;
+    let due = d.last_sync.is_none_or(|t| now >= t + HISTORY_GAP);
+    (d.mode == Mode::Poll && config.history.covers(model) && due).then(|| HistoryAsk {
+        last: d.synced.clone(),
+        initial_days: config.history.initial_days,
+    })
 }
 
 /// Due now: connect at once if BlueZ surely still knows the device, else find it first.

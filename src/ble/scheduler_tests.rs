@@ -59,15 +59,12 @@ fn ok(m: &str) -> PollOutcome {
         }],
         result: Ok(()),
         model: None,
+        history: None,
     }
 }
 
 fn failed(e: LinkError) -> PollOutcome {
-    PollOutcome {
-        frames: Vec::new(),
-        result: Err(e),
-        model: None,
-    }
+    PollOutcome::failed(None, e)
 }
 
 fn polls(actions: &[Action]) -> Vec<Mac> {
@@ -100,7 +97,7 @@ fn frames(actions: &[Action]) -> usize {
 }
 
 fn started(config: Arc<Config>, t0: Instant) -> Scheduler {
-    let mut s = Scheduler::new(config, Vec::new(), HashSet::new(), t0);
+    let mut s = Scheduler::new(config, Memory::default(), t0);
     s.adapter_available(BluetoothState::Active, t0);
     s
 }
@@ -304,12 +301,12 @@ fn foreign_devices_are_classified_once() {
 fn auto_configured_monitors_are_forgotten_after_forget_after() {
     let t0 = Instant::now();
     let c = config("[discovery]\nforget_after = 600\n");
-    let mut s = Scheduler::new(
-        c,
-        vec![(mac(B), Model::by_name("BM6"))],
-        HashSet::from([mac(B)]),
-        t0,
-    );
+    let memory = Memory {
+        auto: vec![(mac(B), Model::by_name("BM6"))],
+        known: HashSet::from([mac(B)]),
+        ..Memory::default()
+    };
+    let mut s = Scheduler::new(c, memory, t0);
     s.adapter_available(BluetoothState::Active, t0);
     s.take_actions();
     s.tick(t0 + Duration::from_secs(600));
@@ -584,5 +581,86 @@ fn a_passive_device_without_an_encrypted_broadcast_is_read_from_its_ibeacon() {
         b_sources.len(),
         2,
         "at 0 s and 6 s: its adverts come every 2 s"
+    );
+}
+
+#[test]
+fn a_polled_bm6_downloads_its_log_with_the_reading_and_publishes_only_what_is_new() {
+    use crate::devices::history::{History, Protocol, Record, decode_record, timestamp};
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 600\n"
+    ));
+    let mut s = started(c, t0);
+    s.heard(heard(A), t0);
+    let asks = |a: &[Action]| -> Vec<Option<HistoryAsk>> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Poll { history, .. } => Some(history.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = asks(&s.take_actions());
+    assert_eq!(
+        first,
+        vec![Some(HistoryAsk {
+            last: None,
+            initial_days: 7
+        })]
+    );
+    // A read of 3 records, newest first as logged: 12.50, 12.60, 12.70 V (raw: voltage in the top 12 bits).
+    let requested_at = chrono::Utc::now();
+    let raw = |cv: u32| ((cv << 20) | (80 << 12) | (20 << 4)).to_be_bytes();
+    let records: Vec<Record> = [(2, 1250), (1, 1260), (0, 1270)]
+        .iter()
+        .map(|(k, cv)| Record {
+            index: *k,
+            timestamp: timestamp(requested_at, *k),
+            raw: raw(*cv),
+            value: decode_record(Protocol::Indexed, raw(*cv)),
+        })
+        .collect();
+    let read = History {
+        model: "BM6",
+        requested_at,
+        records,
+        log_end: true,
+        shifts: 0,
+        pages: Vec::new(),
+    };
+    let mut outcome = ok(A);
+    outcome.history = Some(read);
+    s.poll_done(mac(A), outcome, t0 + Duration::from_secs(5));
+    let published: Vec<usize> = s
+        .take_actions()
+        .iter()
+        .filter_map(|x| match x {
+            Action::Emit(BleEvent::Notice(Notice::History { out, synced })) => {
+                assert!(synced.is_some(), "the registry learns where the read ended");
+                Some(out.records.len())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec![3]);
+    // The next poll, 10 minutes later: no new download yet (HISTORY_GAP is 30 minutes).
+    s.heard(heard(A), t0 + Duration::from_secs(605));
+    s.tick(t0 + Duration::from_secs(605));
+    assert_eq!(asks(&s.take_actions()), vec![None]);
+    s.poll_done(mac(A), ok(A), t0 + Duration::from_secs(606));
+    s.take_actions();
+    // 40 minutes on: due again.
+    let later = t0 + Duration::from_secs(2405);
+    s.heard(heard(A), later);
+    s.tick(later);
+    let ask = asks(&s.take_actions())
+        .pop()
+        .flatten()
+        .expect("a download is due");
+    assert_eq!(
+        ask.last.map(|l| l.at),
+        Some(requested_at),
+        "asked from where the last one ended"
     );
 }

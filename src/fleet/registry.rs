@@ -35,6 +35,9 @@ pub struct KnownDevice {
     pub vehicle: Option<String>,
     /// Added by `discovery.auto_configure` (polled although the config does not list it).
     pub auto: bool,
+    /// Where the last download of the monitor's own log ended (SPEC §5.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::devices::history::Synced>,
 }
 
 fn sane_or_null<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {

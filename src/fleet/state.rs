@@ -125,6 +125,17 @@ impl Fleet {
                 self.on_adopted(mac, model, mode, now, &mut out)
             }
             FleetEvent::Notice(Notice::Forgotten { mac }) => self.on_forgotten(mac, now, &mut out),
+            FleetEvent::Notice(Notice::History { out: batch, synced }) => {
+                // History never touches the live state, the status or a summary (SPEC §5.7).
+                if let Some(s) = synced {
+                    let entry = self.registry.devices.entry(batch.mac).or_default();
+                    if entry.history.as_ref() != Some(&s) {
+                        entry.history = Some(s);
+                        self.registry_dirty = true;
+                    }
+                }
+                out.push(Outbound::History(batch));
+            }
             FleetEvent::Notice(Notice::Bluetooth(state)) => {
                 if state != self.bluetooth {
                     self.bluetooth = state;

@@ -26,7 +26,7 @@ DEVICES = [
 ]
 REMOVED = "AA:BB:CC:00:00:16"
 VEHICLES = [("van", "Van"), ("boat", "Boat")]
-INTERVAL_S = 10  # simulation.interval_ms / 1000: every monitor produces one frame per interval
+INTERVAL_S = 10  # poll_interval, and simulation.interval_ms / 1000 (how often the simulated monitors advertise)
 
 
 def free_port():
@@ -125,7 +125,9 @@ class World:
         text = (f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{self.state}"\n'
                 f'[logging]\nlevel = "info"\ntarget = "stderr"\n'
                 f'[mqtt]\nbroker = "127.0.0.1"\nport = {self.mqtt_port}\n'
-                f'[bluetooth]\nbackend = "simulated"\n'
+                # One slot for the stream device, one for polling; short timeouts so a silent monitor
+                # is reported within an interval.
+                f'[bluetooth]\nbackend = "simulated"\nmax_concurrent_connections = 2\nconnection_timeout = 2\n'
                 f'[simulation]\ninterval_ms = {INTERVAL_S * 1000}\nfailure_rate = {failure_rate}\n')
         for vid, name in VEHICLES:
             text += f'[[vehicle]]\nid = "{vid}"\nname = "{name}"\n'

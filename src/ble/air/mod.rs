@@ -193,7 +193,7 @@ impl Air {
         let fails = self.rng.f64() < self.config.simulation.failure_rate;
         let now = Instant::now();
         let Some(p) = self.monitors.get_mut(&mac) else {
-            let outcome = failure(None, LinkError::NotFound);
+            let outcome = PollOutcome::failed(None, LinkError::NotFound);
             self.outcomes.insert((mac, generation), outcome);
             self.at(now + latency, Due::PollEnd(mac, generation));
             return;
@@ -219,7 +219,7 @@ impl Air {
                 }
                 Err(LinkError::NoData) => p.streaming = true,
                 Err(e) => {
-                    let outcome = failure(model, e);
+                    let outcome = PollOutcome::failed(model, e);
                     self.outcomes.insert((mac, generation), outcome);
                     self.at(now + after, Due::Stream(mac, generation));
                 }
@@ -233,9 +233,10 @@ impl Air {
                     frames: vec![gatt(mac, p, &mut self.rng)],
                     result: Ok(()),
                     model,
+                    history: None,
                 }
             }
-            Err(e) => failure(model, e),
+            Err(e) => PollOutcome::failed(model, e),
         };
         self.outcomes.insert((mac, generation), outcome);
         self.at(now + after, Due::PollEnd(mac, generation));
@@ -292,14 +293,6 @@ impl Air {
                 Some(RadioEvent::StreamFrame(frame))
             }
         }
-    }
-}
-
-fn failure(model: Option<crate::devices::Model>, e: LinkError) -> PollOutcome {
-    PollOutcome {
-        frames: Vec::new(),
-        result: Err(e),
-        model,
     }
 }
 

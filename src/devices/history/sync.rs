@@ -13,8 +13,9 @@ pub const MARGIN: u32 = 16;
 /// How many records later than the clock predicts the signature may sit (drift, sample instant).
 const NEAR: usize = 2;
 
-/// What the gateway remembers about a device's log after a read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the gateway remembers about a device's log after a read (kept in the registry, so a restart
+/// does not publish the same records again).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Synced {
     /// `requested_at` of that read: its index 0 was logged within 2 minutes before.
     pub at: DateTime<Utc>,
