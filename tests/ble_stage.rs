@@ -8,9 +8,8 @@ mod common;
 
 use battery_hawk::devices::{self, Measurement, Model, to_hex};
 use common::bluez::FakeBluez;
-use common::{Gateway, Mosquitto, Subscriber, TempDir, binary, cpu_seconds};
+use common::{Gateway, Mosquitto, Subscriber, TempDir, cpu_seconds};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const A: &str = "38:3B:26:B5:30:AB";
@@ -306,15 +305,7 @@ fn real_monitor_behaviours_identification_newest_advert_and_ibeacon() {
         {"address": ibeacon_bm2, "name": "ZX-1689", "manufacturer": {"76": beacon},
          "adverts": [format!("76:{beacon}")], "advert_ms": 300}]}));
     // scan: the BM300 Pro is an (unconfirmed) BM7; the phantom is no monitor.
-    let dir = TempDir::new("scan");
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "").unwrap();
-    let out = Command::new(binary())
-        .args(["scan", "--duration", "2", "--json", "--config"])
-        .arg(&config)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)
-        .output()
-        .unwrap();
+    let out = bluez.command("", &["scan", "--duration", "2", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |mac: &str| {
         list.as_array()

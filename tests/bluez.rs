@@ -5,9 +5,9 @@ mod common;
 
 use battery_hawk::devices::{self, Measurement, Model, parse_hex, to_hex};
 use common::bluez::FakeBluez;
-use common::{Gateway, Mosquitto, Subscriber, TempDir, binary};
+use common::{Gateway, Mosquitto, Subscriber, TempDir};
 use serde_json::{Value, json};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 const BM6_MAC: &str = "38:3B:26:B5:30:AB";
@@ -56,20 +56,10 @@ fn scenario(devices: Vec<Value>) -> Value {
 
 /// Run a one-shot command against the mock with a small config (short timeouts).
 fn cli(bluez: &FakeBluez, args: &[&str]) -> Output {
-    let dir = TempDir::new("bluez-cli");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    bluez.command(
         "[bluetooth]\nconnection_timeout = 2\ndata_wait_timeout = 1\n",
+        args,
     )
-    .unwrap();
-    Command::new(binary())
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)
-        .output()
-        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {

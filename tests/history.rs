@@ -7,10 +7,10 @@ mod common;
 use battery_hawk::devices::history::{page_request, simulate};
 use battery_hawk::devices::{self, Model, to_hex};
 use chrono::{DateTime, Utc};
+use common::TempDir;
 use common::bluez::FakeBluez;
-use common::{TempDir, binary};
 use serde_json::{Value, json};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const MAC: &str = "38:3B:26:B5:30:AB";
 
@@ -67,21 +67,12 @@ fn paced(mtu: u16, answers: Value, notify_ms: u64) -> Value {
 }
 
 fn history(bluez: &FakeBluez, args: &[&str]) -> Output {
-    let dir = TempDir::new("history-cli");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let mut all = vec!["history", MAC, "--type", "bm6"];
+    all.extend_from_slice(args);
+    bluez.command(
         "[bluetooth]\nconnection_timeout = 5\ndata_wait_timeout = 2\n",
+        &all,
     )
-    .unwrap();
-    Command::new(binary())
-        .args(["history", MAC, "--type", "bm6"])
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)
-        .output()
-        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {

@@ -2,7 +2,7 @@
 //! the pure [`HistoryRead`] state machine (write what it says, feed it every notification, wake it at its
 //! deadline), and always disconnect. Never sends anything but the history commands it is given.
 
-use super::link::{address, characteristics, connect, link_error, model_of};
+use super::link::{address, characteristics, connect, link_error, model_of, resolved};
 use crate::config::Config;
 use crate::devices::Model;
 use crate::devices::history::{
@@ -16,10 +16,7 @@ use bluer::gatt::remote::{Characteristic, CharacteristicWriteRequest};
 use chrono::Utc;
 use futures::{Stream, StreamExt};
 use std::time::Duration;
-use tokio::time::{Instant, sleep_until, timeout};
-
-/// How often to look whether services were resolved after connecting.
-const RESOLVE_CHECK: Duration = Duration::from_millis(50);
+use tokio::time::{Instant, sleep_until};
 
 /// One finished download (complete or not).
 #[derive(Debug, Clone)]
@@ -86,18 +83,7 @@ async fn session(
 ) -> Result<Outcome, LinkError> {
     let limit = Duration::from_secs(config.bluetooth.connection_timeout);
     connect(device, limit).await?;
-    timeout(limit, async {
-        while !device
-            .is_services_resolved()
-            .await
-            .map_err(|e| link_error(&e))?
-        {
-            tokio::time::sleep(RESOLVE_CHECK).await;
-        }
-        Ok::<(), LinkError>(())
-    })
-    .await
-    .map_err(|_| LinkError::Timeout)??;
+    resolved(device, limit).await?;
     let (write, notify) = characteristics(device).await?;
     let mtu = att_mtu(&notify, model).await?;
     // Subscribe before the first write: a reply during StartNotify would otherwise be lost.

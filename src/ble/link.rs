@@ -159,7 +159,7 @@ async fn known_device(adapter: &Adapter, mac: Mac) -> Result<Device, LinkError> 
 }
 
 /// Wait (bounded) until BlueZ resolved the device's services.
-async fn resolved(device: &Device, limit: Duration) -> Result<(), LinkError> {
+pub(super) async fn resolved(device: &Device, limit: Duration) -> Result<(), LinkError> {
     timeout(limit, async {
         while !device
             .is_services_resolved()

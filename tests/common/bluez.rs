@@ -139,6 +139,21 @@ impl FakeBluez {
         out.matches("struct {").count()
     }
 
+    /// Run a one-shot `battery-hawk` command against this BlueZ, with a configuration file holding
+    /// `config` appended after `args`.
+    pub fn command(&self, config: &str, args: &[&str]) -> std::process::Output {
+        let dir = TempDir::new("bluez-cli");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        Command::new(super::binary())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .output()
+            .unwrap()
+    }
+
     /// How many times `method` was called on the adapter `hci0`.
     pub fn adapter_calls(&self, method: &str) -> usize {
         let out = self.send(&[

@@ -11,7 +11,7 @@
 # fix what check.py reports; a new venv is built next to the old one (delete old ones by hand). When a
 # Home Assistant release needs a newer Python than the suite's, change SUITE (and the debootstrap script
 # name if the host's debootstrap does not know the suite yet).
-# Needs root (debootstrap, chroot, mount namespaces) and network access to deb.debian.org and PyPI on a
+# Needs root (debootstrap, chroot, mount namespaces) and network access to Debian's archive and PyPI on a
 # cold cache only. Prints one line per check and `N passed, M failed`; exits non-zero on a failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +21,14 @@ SUITE=forky                       # Python 3.14; Home Assistant 2026.11 needs Py
 CACHE=${BH_HA_CACHE:-/var/cache/battery-hawk-test/ha}
 ROOT=$CACHE/rootfs-$SUITE
 VENV=/opt/ha-$HA_VERSION
-MIRROR=${BH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Debian's archive as this machine's apt uses it (the first main archive of its sources), unless given.
+host_mirror() {
+  { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+  } | grep -v -e security -e updates | head -n 1
+}
+MIRROR=${BH_DEBIAN_MIRROR:-$(host_mirror)}
+[ -n "$MIRROR" ] || { echo "ha-real: no Debian archive in this machine's apt sources; set BH_DEBIAN_MIRROR" >&2; exit 1; }
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

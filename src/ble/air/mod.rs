@@ -50,7 +50,7 @@ enum Due {
 struct Played {
     monitor: Monitor,
     behaviour: SimMonitor,
-    /// Alternates the encrypted frame and the iBeacon, as a BM2 does.
+    /// Alternates the encrypted frame and the iBeacon, as a BM2 does (the encrypted frame first).
     beacon_next: bool,
     /// The generation of the current link (poll or stream); 0 = none.
     link: u64,
@@ -117,7 +117,7 @@ impl Air {
                     Played {
                         monitor: fresh,
                         behaviour,
-                        beacon_next: false,
+                        beacon_next: true,
                         link: 0,
                         streaming: false,
                     }
