@@ -228,3 +228,74 @@ fn history_models_from_the_environment() {
     let e = parse_env("", &[("BATTERYHAWK_HISTORY_MODELS", "BM6,XX")]).unwrap_err();
     assert!(e.contains("\"XX\" is not a supported model"), "{e}");
 }
+
+#[test]
+fn every_interval_has_bounds_and_zero_periodic_interval_means_none() {
+    let ok = parse("[discovery]\nperiodic_interval = 0\n").unwrap();
+    assert_eq!(ok.discovery.periodic_interval, 0);
+    for (text, key) in [
+        (
+            "[mqtt]\nstatus_interval = 100000000000\n",
+            "mqtt.status_interval",
+        ),
+        ("[mqtt]\nkeepalive = 99999999\n", "mqtt.keepalive"),
+        ("[mqtt]\ntimeout = 0\n", "mqtt.timeout"),
+        (
+            "[defaults]\npoll_interval = 9223372036854775807\n",
+            "defaults.poll_interval",
+        ),
+        (
+            "[discovery]\nperiodic_interval = 99999999999\n",
+            "discovery.periodic_interval",
+        ),
+        ("[discovery]\nforget_after = 1\n", "discovery.forget_after"),
+        (
+            "[bluetooth]\nconnection_timeout = 100000\n",
+            "bluetooth.connection_timeout",
+        ),
+        (
+            "[bluetooth]\nmax_concurrent_connections = 0\n",
+            "bluetooth.max_concurrent_connections",
+        ),
+        ("[simulation]\ninterval_ms = 1\n", "simulation.interval_ms"),
+        (
+            "[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\npoll_interval = 999999999\n",
+            "poll_interval",
+        ),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert!(e.contains(key) && e.contains("allowed"), "{text}: {e}");
+    }
+}
+
+#[test]
+fn stream_devices_need_their_own_connection_slots() {
+    let two = "[[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\nmode = \"stream\"\n\
+               [[device]]\nmac = \"AA:BB:CC:DD:EE:02\"\n";
+    let e = parse(two).unwrap_err();
+    assert!(
+        e.contains("max_concurrent_connections") && e.contains("at least 2"),
+        "{e}"
+    );
+    assert!(
+        parse(&format!(
+            "[bluetooth]\nmax_concurrent_connections = 2\n{two}"
+        ))
+        .is_ok()
+    );
+    let e = parse("[discovery]\nauto_mode = \"stream\"\n").unwrap_err();
+    assert!(e.contains("auto_mode"), "{e}");
+}
+
+#[test]
+fn a_simulated_monitor_plays_a_configured_device() {
+    let e =
+        parse("[[simulation.monitor]]\nmac = \"AA:BB:CC:DD:EE:01\"\nrssi = -127\n").unwrap_err();
+    assert!(e.contains("no [[device]] has this mac"), "{e}");
+    let ok = parse(
+        "[[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\n\
+         [[simulation.monitor]]\nmac = \"AA:BB:CC:DD:EE:01\"\nrssi = -127\nbusy = true\n",
+    )
+    .unwrap();
+    assert_eq!(ok.simulation.monitors[0].rssi, -127);
+}
