@@ -31,6 +31,8 @@ use tokio::time::Instant;
 const CONNECT_MS: std::ops::Range<u64> = 200..600;
 /// From the request to the reply notification (ms).
 const REPLY_MS: u64 = 40;
+/// The air's clock resolution: events are grouped into wake-ups this far apart.
+const TICK: Duration = Duration::from_millis(10);
 /// A foreign advertiser advertises this many times per `interval_ms`.
 const FOREIGN_RATE: u32 = 2;
 
@@ -71,6 +73,8 @@ pub struct Air {
     rng: fastrand::Rng,
     /// Poll outcomes waiting for their `PollEnd`.
     outcomes: HashMap<(Mac, u64), PollOutcome>,
+    /// The origin of the [`TICK`] grid.
+    epoch: Instant,
 }
 
 impl Air {
@@ -86,6 +90,7 @@ impl Air {
             reported: false,
             rng: fastrand::Rng::with_seed(0x5eed),
             outcomes: HashMap::new(),
+            epoch: Instant::now(),
         };
         air.place(&config);
         air
@@ -140,9 +145,14 @@ impl Air {
         Duration::from_millis(self.config.simulation.interval_ms)
     }
 
+    /// Schedule `what` at `when`, rounded up to the air's [`TICK`]: what falls in one tick happens in one
+    /// wake-up of the thread (thousands of monitors would otherwise each cost a timer wake-up).
     fn at(&mut self, when: Instant, what: Due) {
         self.seq += 1;
-        self.queue.push(Reverse((when, self.seq, what)));
+        let since = when.saturating_duration_since(self.epoch);
+        let ticks = since.as_micros().div_ceil(TICK.as_micros());
+        let rounded = self.epoch + TICK * u32::try_from(ticks).unwrap_or(u32::MAX);
+        self.queue.push(Reverse((rounded, self.seq, what)));
     }
 
     fn heard_monitor(&mut self, mac: Mac) -> Option<Heard> {
@@ -323,7 +333,9 @@ impl Radio for Air {
                 return std::future::pending().await;
             };
             let when = *when;
-            tokio::time::sleep_until(when).await;
+            if when > Instant::now() {
+                tokio::time::sleep_until(when).await;
+            }
             let Some(Reverse((when, _, due))) = self.queue.pop() else {
                 continue;
             };
