@@ -27,5 +27,7 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== real BlueZ in a VM (tests/realbluez: Debian kernel, bluetoothd, emulated monitors)"
+tests/realbluez/run.sh
 echo "== packaging (deb, install/purge, ARM under qemu)"
 packaging/check.sh

@@ -409,6 +409,25 @@ def error_1001():
     return msg + "; then 12.66 V after power-on"
 
 
+def busy_phone():
+    """A BM6 held by another central (the owner's phone): a clear error, then a reading once it is free."""
+    bluetoothctl_scan(5)
+    state = CTL.set("bm6", busy=True)["bm6"]
+    if state["connections"] != 1 or state["advertising"]:
+        raise Fail(f"the emulated phone did not take the BM6: {state}")
+    rc, out, err = cli("busy_phone", "read", BM6, "--type", "bm6", "--config", config("busy_phone"))
+    if rc == 0:
+        raise Fail(f"read succeeded while another central held the BM6: {out.strip()}")
+    codes = [c for c in (1001, 1003, 1007) if f"error {c}" in err]
+    if not codes:
+        raise Fail(f"want error 1007 (or 1001/1003: a held monitor does not advertise), got: {err.strip()[-300:]}")
+    CTL.set("bm6", busy=False, voltage=12.67)
+    r = read_json("busy_phone", BM6, "--type", "bm6")
+    expect("voltage once the phone let go", r.get("voltage"), 12.67)
+    assert_released(BM6, "bm6")
+    return f"error {codes[0]} while held; 12.67 V once free"
+
+
 def restart_bluetoothd():
     log_f = open(f"{OUT}/bluetoothd.log", "ab")
     args = ["/usr/libexec/bluetooth/bluetoothd", "-n"] + os.environ.get("RB_BTD_ARGS", "").split()
@@ -511,7 +530,7 @@ def bluez_info():
 
 
 SCENARIOS = [scan_json, read_bm6, read_bm7, read_after_forget, poll_after_forget, passive_newest, stream_bm2,
-             error_1003, error_1004, error_1001, no_phantom_adoption, bluetoothd_sigkill]
+             error_1003, error_1004, error_1001, busy_phone, no_phantom_adoption, bluetoothd_sigkill]
 BY_NAME = {f.__name__: f for f in SCENARIOS}
 EXTRA = {"bluez_info": bluez_info}  # run only when named
 
