@@ -14,7 +14,6 @@ finish() {
   echo 1 > /proc/sys/kernel/sysrq; echo o > /proc/sysrq-trigger; sleep 30
 }
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 mkdir -p /mnt/out && mount -t 9p -o trans=virtio,version=9p2000.L out /mnt/out
 ip link set lo up || finish "loopback"
 say "kernel $(uname -r)"

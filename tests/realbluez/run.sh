@@ -35,6 +35,9 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $missing >/dev/null
 fi
 mkdir -p "$CACHE"
+# One run at a time per cache (CI and a developer on one machine): the others wait here.
+exec 9>"$CACHE/lock"
+flock 9
 
 # 2. Debian's kernel, unpacked into the cache (no /boot changes, no initramfs-tools)
 if [ ! -f "$CACHE/kernel/.ok" ]; then

@@ -168,7 +168,7 @@ def config(name, devices=(), auto_configure=False, initial_scan=True, default_mo
     d = f"/run/sc/{name}"
     os.makedirs(d + "/state", exist_ok=True)
     lines = [
-        "[gateway]", f'id = "realbluez"', f'state_dir = "{d}/state"',
+        "[gateway]", 'id = "realbluez"', f'state_dir = "{d}/state"',
         "[logging]", 'level = "debug"', 'target = "stderr"',
         "[mqtt]", 'broker = "127.0.0.1"', "port = 1883", "status_interval = 10",
         "[bluetooth]", "connection_timeout = 10", "data_wait_timeout = 5",
@@ -521,12 +521,31 @@ def no_phantom_adoption():
 
 
 def bluez_info():
-    """Not a check: what BlueZ holds for each monitor after an 8 s `bluetoothctl scan` (in the log)."""
-    bluetoothctl_scan(8)
+    """Not a check: what BlueZ holds and signals for the monitors, logged to scenarios.log and dbus-*.log."""
+    def monitored(name, action):
+        with open(f"{OUT}/dbus-{name}.log", "w") as f:
+            mon = subprocess.Popen(["dbus-monitor", "--system",
+                                    f"type='signal',sender='org.bluez',path='{dev_path(BM2)}'"], stdout=f)
+            try:
+                action()
+            finally:
+                mon.terminate()
+                mon.wait(10)
+    monitored("bluetoothctl-scan", lambda: bluetoothctl_scan(8))
     for mac in (BM6, BM2, BM7, PHANTOM):
         r = subprocess.run(["bluetoothctl", "info", mac], capture_output=True, text=True, timeout=30)
         log(f"bluetoothctl info {mac}:\n{r.stdout}")
-    return "see scenarios.log"
+
+    def passive_run():
+        gw = Gateway("bluez_info", config("bluez_info", [(BM2, "BM2", "passive", 5)]))
+        sub = Subscriber()
+        try:
+            wait_for(lambda: len(sub.find(reading_of(BM2))) >= 2, 60, "two passive readings")
+        finally:
+            gw.stop()
+            sub.close()
+    monitored("gateway-passive", passive_run)
+    return "see scenarios.log, dbus-bluetoothctl-scan.log, dbus-gateway-passive.log"
 
 
 SCENARIOS = [scan_json, read_bm6, read_bm7, read_after_forget, poll_after_forget, passive_newest, stream_bm2,
