@@ -329,15 +329,23 @@ def poll_after_forget():
 
 
 def passive_newest():
-    """Passive BM2: every reading is the newest advert, not one BlueZ cached from an earlier scan."""
+    """Passive BM2: only adverts heard after the gateway started listening count, and the newest of them."""
     CTL.set("bm2", voltage=12.06)
     bluetoothctl_scan(10)       # BlueZ caches ~10 frames of 12.06 V, one per company id
-    CTL.set("bm2", voltage=12.43)
+    CTL.set("bm2", advertising=False)
     sub = Subscriber()
-    gw = Gateway("passive_newest", config("passive_newest", [(BM2, "BM2", "passive", 5)]))
+    gw = Gateway("passive_newest", config("passive_newest", [(BM2, "BM2", "passive", 5),
+                                                             (BM6, "BM6", "passive", 5)]))
     try:
+        # The BM6's reading proves the gateway is listening; the silent BM2 is still in BlueZ's cache.
+        wait_for(lambda: sub.find(reading_of(BM6)), 60, "a passive BM6 reading (the gateway listening)")
+        stale = sub.find(reading_of(BM2))
+        if stale:
+            raise Fail(f"published {[p.get('voltage') for _, p, _ in stale]} V for the silent BM2: adverts "
+                       "BlueZ cached before the gateway started listening")
+        CTL.set("bm2", advertising=True, voltage=12.43)
         first = wait_for(lambda: sub.find(reading_of(BM2)), 60, "a passive BM2 reading")[0][1]
-        expect("first passive reading's voltage (12.06 V is what the earlier scan cached)",
+        expect("first passive BM2 reading's voltage (12.06 V is what the earlier scan cached)",
                first.get("voltage"), 12.43)
         expect("extra.source", first.get("extra", {}).get("source"), "advertisement")
         CTL.set("bm2", voltage=12.55)
@@ -347,7 +355,7 @@ def passive_newest():
         got = [p.get("voltage") for p in later()]
         if any(v != 12.55 for v in got):
             raise Fail(f"readings after the change to 12.55 V: {got} (older adverts from BlueZ's cache)")
-        return f"first reading 12.43 V (not the cached 12.06), then {got}"
+        return f"nothing while silent; first reading 12.43 V (not the cached 12.06), then {got}"
     finally:
         gw.stop()
         sub.close()
