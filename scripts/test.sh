@@ -23,12 +23,31 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # mosquitto's package may start a system broker on 1883; the tests use their own ports.
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
-echo "== cargo test"
-cargo test --locked
-tests/ha-real/run.sh   # a real Home Assistant against the gateway (cached in /var/cache/battery-hawk-test)
-echo "== packaging (deb, install/purge, ARM under qemu)"
-packaging/check.sh
+# Every step runs even when an earlier one failed, so one run shows everything that is wrong; the script
+# fails if any step did.
+failed=()
+step() {
+  local name=$1
+  shift
+  echo "== $name"
+  local t0=$SECONDS
+  if "$@"; then
+    echo "== $name: ok ($((SECONDS - t0)) s)"
+  else
+    echo "== $name: FAILED ($((SECONDS - t0)) s)"
+    failed+=("$name")
+  fi
+}
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
+step "cargo test" cargo test --locked
+# A real Home Assistant against the gateway (cached in /var/cache/battery-hawk-test/ha).
+step "Home Assistant (tests/ha-real)" tests/ha-real/run.sh
+# Real BlueZ in a VM: Debian's kernel, bluetoothd, Bumble-emulated monitors (cached likewise).
+step "real BlueZ in a VM (tests/realbluez)" tests/realbluez/run.sh
+step "packaging (deb, install/purge, ARM under qemu)" packaging/check.sh
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "== failed steps: ${failed[*]}"
+  exit 1
+fi
+echo "== every step passed"
