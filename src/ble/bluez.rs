@@ -236,6 +236,9 @@ impl Radio for Bluez {
                     return match done {
                         Ok((id, (mac, outcome))) => {
                             self.poll_tasks.remove(&id);
+                            if outcome.result == Err(LinkError::AdapterUnavailable) {
+                                return self.lose(format!("polling {mac}: bluetoothd or the adapter is gone"));
+                            }
                             RadioEvent::PollDone(mac, outcome)
                         }
                         Err(e) => {

@@ -28,6 +28,9 @@ const BLUEZ_GONE: &[&str] = &[
     "org.freedesktop.DBus.Error.NameHasNoOwner",
     "org.freedesktop.DBus.Error.Disconnected",
 ];
+/// The family of D-Bus errors the bus answers with when it tries to start a service that is gone and
+/// cannot (bluetoothd killed on a machine whose bus activates it: `…Spawn.ChildExited`, `…Spawn.Failed`).
+const BUS_SPAWN: &str = "org.freedesktop.DBus.Error.Spawn.";
 
 /// SPEC §2.2 code for a bluer error, by its kind (and, for raw D-Bus errors, by the error's name).
 pub(super) fn link_error(e: &bluer::Error) -> LinkError {
@@ -35,7 +38,9 @@ pub(super) fn link_error(e: &bluer::Error) -> LinkError {
     match &e.kind {
         ErrorKind::NotReady | ErrorKind::NotAvailable => LinkError::AdapterUnavailable,
         ErrorKind::Internal(Internal::DBusConnectionLost) => LinkError::AdapterUnavailable,
-        ErrorKind::Internal(Internal::DBus(name)) if BLUEZ_GONE.contains(&name.as_str()) => {
+        ErrorKind::Internal(Internal::DBus(name))
+            if BLUEZ_GONE.contains(&name.as_str()) || name.starts_with(BUS_SPAWN) =>
+        {
             LinkError::AdapterUnavailable
         }
         ErrorKind::DoesNotExist | ErrorKind::NotFound => LinkError::NotFound,
@@ -348,5 +353,53 @@ pub(super) async fn characteristics(
         _ => Err(LinkError::Failed(
             "the monitor has no fff0 service with fff3/fff4".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bluer::InternalErrorKind;
+
+    fn error(kind: ErrorKind) -> bluer::Error {
+        bluer::Error {
+            kind,
+            message: "a message no one parses".into(),
+        }
+    }
+
+    fn dbus(name: &str) -> bluer::Error {
+        error(ErrorKind::Internal(InternalErrorKind::DBus(name.into())))
+    }
+
+    #[test]
+    fn errors_are_classified_by_kind_and_bus_error_name() {
+        assert_eq!(link_error(&error(ErrorKind::InProgress)), LinkError::Busy);
+        assert_eq!(link_error(&error(ErrorKind::NotFound)), LinkError::NotFound);
+        assert_eq!(
+            link_error(&error(ErrorKind::NotReady)),
+            LinkError::AdapterUnavailable
+        );
+        for gone in [
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "org.freedesktop.DBus.Error.NoReply",
+            "org.freedesktop.DBus.Error.Spawn.ChildExited",
+        ] {
+            assert_eq!(
+                link_error(&dbus(gone)),
+                LinkError::AdapterUnavailable,
+                "{gone}"
+            );
+        }
+        assert!(matches!(
+            link_error(&error(ErrorKind::Internal(
+                InternalErrorKind::DBusConnectionLost
+            ))),
+            LinkError::AdapterUnavailable
+        ));
+        assert!(matches!(
+            link_error(&error(ErrorKind::Failed)),
+            LinkError::Failed(_)
+        ));
     }
 }

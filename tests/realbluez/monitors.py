@@ -14,7 +14,8 @@ with it. The monitors speak SPEC §5 with the real keys (frames.py):
 
 Control channel: JSON lines on the unix socket CTL_SOCK (the guest reaches it through a second virtio-serial
 port). {"op": "set", "monitor": "bm6", <key>: <value>} with keys voltage, soc, answers (false: connects,
-never notifies), advertising (false: silent and not connectable, a monitor powered off), busy (true: another
+never notifies), advertising (false: silent and not connectable, a monitor powered off), connectable (false:
+advertises as a non-connectable advertiser, so connection attempts time out), busy (true: another
 central connects to it and holds it); {"op": "reset"}; {"op": "state"}. Every request gets one JSON line back.
 
 Usage: monitors.py HCI_SOCK CTL_SOCK READY_FILE
@@ -27,6 +28,7 @@ import sys
 import time
 
 import bumble.controller as bc
+from bumble.device import AdvertisingType
 import bumble.link
 from bumble import hci
 from bumble.controller import Controller
@@ -121,6 +123,7 @@ class Monitor:
         self.link = link
         d = DEFAULTS[key]
         self.model, self.name, self.address = d["model"], d["name"], d["address"]
+        self.advertising_type = None
         self.reset()
         self.counter = 0
         self.slot = 0
@@ -153,6 +156,7 @@ class Monitor:
         self.temp, self.status = d.get("temp"), d.get("status")
         self.answers = True
         self.advertising = True
+        self.connectable = True
         self.busy = False
 
     # --- air ---------------------------------------------------------------------------------------------
@@ -188,11 +192,15 @@ class Monitor:
     async def sync_advertising(self):
         """Advertise exactly while the monitor is on and no central holds it (a real one stops when connected)."""
         want = self.advertising and not self.connections
-        if want and not self.device.is_advertising:
-            await self.device.start_advertising(auto_restart=False, advertising_interval_min=ADVERT_INTERVAL_MS,
-                                                advertising_interval_max=ADVERT_INTERVAL_MS)
-        elif not want and self.device.is_advertising:
+        kind = (AdvertisingType.UNDIRECTED_CONNECTABLE_SCANNABLE if self.connectable
+                else AdvertisingType.UNDIRECTED_SCANNABLE)
+        if self.device.is_advertising and (not want or kind != self.advertising_type):
             await self.device.stop_advertising()
+        if want and not self.device.is_advertising:
+            self.advertising_type = kind
+            await self.device.start_advertising(advertising_type=kind, auto_restart=False,
+                                                advertising_interval_min=ADVERT_INTERVAL_MS,
+                                                advertising_interval_max=ADVERT_INTERVAL_MS)
 
     async def rotate(self):
         last_frame = time.monotonic()
@@ -285,6 +293,9 @@ class Monitor:
             self.answers = bool(req["answers"])
         if "advertising" in req:
             self.advertising = bool(req["advertising"])
+        if "connectable" in req:
+            # false: still advertising, but as a non-connectable advertiser: connection attempts time out.
+            self.connectable = bool(req["connectable"])
         if "busy" in req:
             await self.set_busy(bool(req["busy"]))
         self.refresh_advert()

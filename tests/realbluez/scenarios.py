@@ -201,11 +201,11 @@ def error_1004():
 
 
 def error_1001():
-    """A BM6 powered off after BlueZ saw it (not connectable): 1001; powered on again: reads."""
-    bluetoothctl_scan(5)
-    CTL.set("bm6", advertising=False)
+    """A BM6 that advertises but accepts no connection (non-connectable adverts): 1001; then reads. (Powered
+    off, it does not advertise at all: that is 1003, "not found", as SPEC §2.2 says.)"""
+    CTL.set("bm6", connectable=False)
     msg = read_error("error_1001", BM6, 1001, "--type", "bm6")
-    CTL.set("bm6", advertising=True, voltage=12.66)
+    CTL.set("bm6", connectable=True, voltage=12.66)
     r = read_json("error_1001", BM6, "--type", "bm6")
     expect("voltage after power-on", r.get("voltage"), 12.66)
     assert_released(BM6, "bm6")
