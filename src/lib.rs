@@ -10,7 +10,6 @@ pub mod backoff;
 pub mod ble;
 pub mod config;
 pub mod decode;
-pub mod demo;
 pub mod devices;
 pub mod fleet;
 pub mod history_report;

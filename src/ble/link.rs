@@ -321,7 +321,10 @@ pub(super) async fn connect(device: &Device, limit: Duration) -> Result<(), Link
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) if e.kind == ErrorKind::AlreadyConnected => Ok(()),
         Ok(Err(e)) if e.kind == ErrorKind::InProgress => Err(LinkError::Busy),
-        Ok(Err(e)) => Err(link_error(&e)),
+        Ok(Err(e)) => {
+            log::debug!("Connect failed: {:?}: {}", e.kind, e.message);
+            Err(link_error(&e))
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! the long-running ones (`run`, `demo`) to [`service`], the one-shot ones (`scan`, `read`, `decode`,
 //! `history`, `check-config`) to [`oneshot`]. `anyhow` lives in this binary only.
 
+#[cfg(feature = "demo")]
+mod demo;
 mod oneshot;
 mod service;
 
@@ -10,8 +12,10 @@ use battery_hawk::config::{self, Config, Level, LogTarget, Logging};
 use battery_hawk::devices::Model;
 use battery_hawk::logging;
 use clap::{Parser, Subcommand};
+#[cfg(feature = "demo")]
+use demo::run_demo;
 use oneshot::{check_config, decode, history, read, scan};
-use service::{run, run_demo};
+use service::run;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +43,7 @@ enum Command {
         config: PathBuf,
     },
     /// Zero set-up demo: simulated monitors, the full pipeline, an in-process broker; prints every message
+    #[cfg(feature = "demo")]
     Demo {
         /// Port of the in-process broker (127.0.0.1)
         #[arg(long, default_value_t = 1884)]
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
+        #[cfg(feature = "demo")]
         Command::Demo { port, duration } => run_demo(port, duration.map(Duration::from_secs)),
         Command::Scan {
             duration,
@@ -179,10 +185,16 @@ pub(crate) fn load_or_default(path: &Path) -> Result<Config> {
     load(path)
 }
 
-/// Log warnings and errors to stderr for the one-shot commands.
-pub(crate) fn quiet_logging() -> Result<()> {
+/// Log to stderr for the one-shot commands.
+pub(crate) fn quiet_logging(config: &Config) -> Result<()> {
+    // Warnings and errors, unless the configuration asks for more (`logging.level = "debug"` shows what
+    // a `read` or `scan` did on the air).
+    let level = match config.logging.level {
+        Level::Debug | Level::Trace => config.logging.level,
+        _ => Level::Warn,
+    };
     logging::init(&Logging {
-        level: Level::Warn,
+        level,
         target: LogTarget::Stderr,
     })?;
     Ok(())

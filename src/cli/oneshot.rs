@@ -69,8 +69,8 @@ pub(crate) fn scan(
     duration: Duration,
     json: bool,
 ) -> Result<ExitCode> {
-    quiet_logging()?;
     let config = load_or_default(path)?;
+    quiet_logging(&config)?;
     let adapter = adapter.unwrap_or(config.bluetooth.adapter);
     let found = battery_hawk::ble::scan(&adapter, duration)?;
     let rows: Vec<_> = found
@@ -135,8 +135,8 @@ pub(crate) fn read(
     device_type: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    quiet_logging()?;
     let config = load_or_default(path)?;
+    quiet_logging(&config)?;
     let mac: Mac = mac.parse().map_err(|e| anyhow!("{e}"))?;
     let model = model_arg(device_type)?.or_else(|| {
         config
@@ -188,8 +188,8 @@ pub(crate) fn history(
 ) -> Result<ExitCode> {
     use battery_hawk::devices::history::records_for;
     use battery_hawk::mqtt::history::{LinkFacts, report};
-    quiet_logging()?;
     let config = load_or_default(path)?;
+    quiet_logging(&config)?;
     let mac: Mac = mac.parse().map_err(|e| anyhow!("{e}"))?;
     let days = days.unwrap_or(config.history.initial_days);
     let max = config::History::MAX_DAYS;

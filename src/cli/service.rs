@@ -3,10 +3,11 @@
 //! own, the demo's duration. Must never: decide anything about monitors or MQTT (the pipeline does).
 
 use crate::load;
-use anyhow::{Context, Result, anyhow};
-use battery_hawk::config::{Config, Level, LogTarget, Logging};
+use anyhow::{Context, Result};
+use battery_hawk::config::Config;
+use battery_hawk::logging;
 use battery_hawk::pipeline::Pipeline;
-use battery_hawk::{demo, logging, mqtt};
+
 use crossbeam_channel::{Receiver, bounded, select};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -32,7 +33,7 @@ pub(crate) fn run(path: &Path) -> Result<ExitCode> {
 }
 
 /// A thread that forwards SIGTERM, SIGINT and SIGHUP into a channel.
-fn signals() -> Result<(signal_hook::iterator::Handle, Receiver<i32>)> {
+pub(crate) fn signals() -> Result<(signal_hook::iterator::Handle, Receiver<i32>)> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let handle = signals.handle();
@@ -51,7 +52,7 @@ fn signals() -> Result<(signal_hook::iterator::Handle, Receiver<i32>)> {
 }
 
 /// Wait for a signal, the end of `duration`, or the pipeline failing; reload on SIGHUP.
-fn supervise(
+pub(crate) fn supervise(
     pipeline: Pipeline,
     signals: &Receiver<i32>,
     config_path: Option<&Path>,
@@ -105,36 +106,4 @@ fn reload(pipeline: &Pipeline, path: Option<&Path>) {
         }
         Err(e) => log::error!("SIGHUP: keeping the running configuration: {e}"),
     }
-}
-
-pub(crate) fn run_demo(port: u16, duration: Option<Duration>) -> Result<ExitCode> {
-    logging::init(&Logging {
-        level: Level::Info,
-        target: LogTarget::Stderr,
-    })?;
-    let state_dir = std::env::temp_dir().join(format!("battery-hawk-demo-{}", std::process::id()));
-    let config = demo::config(port, state_dir.clone());
-    mqtt::demo::start_broker(port).map_err(|e| anyhow!(e))?;
-    let (stop_viewer, viewer_stop) = bounded(1);
-    let viewer = mqtt::demo::print_messages(
-        port,
-        &config.mqtt.topic_prefix,
-        config.mqtt.qos,
-        viewer_stop,
-    )?;
-    eprintln!(
-        "battery-hawk demo: broker on 127.0.0.1:{port}, 3 simulated monitors; {}",
-        duration.map_or("Ctrl-C to stop".to_string(), |d| format!(
-            "stopping after {} s",
-            d.as_secs()
-        ))
-    );
-    let signals = signals()?;
-    let pipeline = Pipeline::start(Arc::new(config))?;
-    let code = supervise(pipeline, &signals.1, None, duration, signals.0)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = stop_viewer.send(());
-    let _ = viewer.join();
-    let _ = std::fs::remove_dir_all(state_dir);
-    Ok(code)
 }

@@ -69,7 +69,7 @@ pub fn print_messages(
 ) -> std::io::Result<JoinHandle<()>> {
     let mut options = MqttOptions::new("battery-hawk-demo-viewer", "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(super::MAX_PACKET, super::MAX_PACKET);
+    options.set_max_packet_size(super::connection::MAX_PACKET, super::connection::MAX_PACKET);
     let (client, mut connection) = Client::new(options, 10);
     // rumqttd delivers at the subscription's QoS (not min(publish, subscription) as mosquitto does), so
     // subscribe to each topic family at the QoS it is published with.
@@ -86,7 +86,8 @@ pub fn print_messages(
                 match connection.recv_timeout(Duration::from_millis(200)) {
                     Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                         for (filter, level) in &filters {
-                            let _ = client.try_subscribe(filter.clone(), super::qos(*level));
+                            let _ = client
+                                .try_subscribe(filter.clone(), super::connection::qos(*level));
                         }
                     }
                     Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {

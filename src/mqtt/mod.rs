@@ -10,6 +10,7 @@
 
 pub mod clock;
 mod connection;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod history;
 pub mod homeassistant;
@@ -23,7 +24,7 @@ pub mod topics;
 
 use crate::config::Config;
 use crate::messages::Outbound;
-use connection::{INFLIGHT, MAX_PACKET, drive, options, qos};
+use connection::{INFLIGHT, drive, options};
 use crossbeam_channel::{Receiver, bounded};
 pub use lock::lock_state_dir;
 use outbox::Outbox;

@@ -338,15 +338,38 @@ async def serve_control(path, monitors):
     await asyncio.start_unix_server(handle, path)
 
 
+def refuse_connections_to_unconnectable(c0, monitors):
+    """Bumble's controller connects to any advertiser it was asked to, whatever the advertising type. A
+    monitor set `connectable: false` keeps advertising (the kernel sees it, reports it), but C0 never
+    creates the connection to it: the kernel's LE Create Connection waits, as it would for a real
+    advertiser that does not accept connections, until the caller's timeout."""
+    unconnectable = lambda address: any(  # noqa: E731
+        str(m.address).upper() == str(address).upper().split("/")[0] and not m.connectable
+        for m in monitors.values())
+    original = c0.on_advertising_pdu
+
+    def on_advertising_pdu(pdu):
+        if not unconnectable(pdu.advertiser_address):
+            return original(pdu)
+        pending, c0.pending_le_connection = c0.pending_le_connection, None
+        try:
+            return original(pdu)
+        finally:
+            c0.pending_le_connection = pending
+
+    c0.on_advertising_pdu = on_advertising_pdu
+
+
 async def main(hci_sock, ctl_sock, ready):
     for p in (hci_sock, ctl_sock):
         if os.path.exists(p):
             os.unlink(p)
     link = LocalLink()
     transport = await open_transport("unix-server:" + hci_sock)
-    Controller("C0", host_source=transport.source, host_sink=transport.sink, link=link,
-               public_address="F0:F1:F2:F3:F4:F5")
+    c0 = Controller("C0", host_source=transport.source, host_sink=transport.sink, link=link,
+                    public_address="F0:F1:F2:F3:F4:F5")
     monitors = {k: Monitor(k, link) for k in DEFAULTS}
+    refuse_connections_to_unconnectable(c0, monitors)
     for m in monitors.values():
         await m.start()
         log(f"{m.key}: {m.name!r} advertising from {m.address}")

@@ -201,15 +201,22 @@ def error_1004():
 
 
 def error_1001():
-    """A BM6 that advertises but accepts no connection (non-connectable adverts): 1001; then reads. (Powered
-    off, it does not advertise at all: that is 1003, "not found", as SPEC §2.2 says.)"""
+    """A BM6 that advertises but accepts no connection (non-connectable adverts): 1001. (Powered off, it
+    does not advertise at all: that is 1003, "not found", as SPEC §2.2 says.)"""
     CTL.set("bm6", connectable=False)
-    msg = read_error("error_1001", BM6, 1001, "--type", "bm6")
-    CTL.set("bm6", connectable=True, voltage=12.66)
-    r = read_json("error_1001", BM6, "--type", "bm6")
-    expect("voltage after power-on", r.get("voltage"), 12.66)
-    assert_released(BM6, "bm6")
-    return msg + "; then 12.66 V after power-on"
+    # The gateway gives up (3 s) before the kernel's own LE connection timeout: when the kernel times out
+    # first, bluetoothd 5.66 here leaves the bus without answering Connect (seen: the gateway then
+    # rightly reports 1006 and finds bluetoothd again), which is not what this scenario is about.
+    os.environ["BATTERYHAWK_BLUETOOTH_CONNECTION_TIMEOUT"] = "3"
+    try:
+        msg = read_error("error_1001", BM6, 1001, "--type", "bm6")
+    finally:
+        del os.environ["BATTERYHAWK_BLUETOOTH_CONNECTION_TIMEOUT"]
+        # The kernel's cancelled connection request may still be pending in the emulated controller:
+        # power-cycle the monitor, which drops any link, so the next scenario starts clean.
+        CTL.set("bm6", connectable=True, advertising=False)
+        CTL.set("bm6", advertising=True)
+    return msg
 
 
 def busy_phone():
