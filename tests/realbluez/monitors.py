@@ -296,6 +296,12 @@ class Monitor:
         if "connectable" in req:
             # false: still advertising, but as a non-connectable advertiser: connection attempts time out.
             self.connectable = bool(req["connectable"])
+            # The kernel gave up its connection attempt long ago; Bumble's controller would still hold it
+            # and connect the moment the monitor is connectable again.
+            pending = C0[0].pending_le_connection if C0 else None
+            if self.connectable and pending is not None and \
+                    str(pending.peer_address).upper().split("/")[0] == str(self.address).upper():
+                C0[0].pending_le_connection = None
         if "busy" in req:
             await self.set_busy(bool(req["busy"]))
         self.refresh_advert()
@@ -338,6 +344,10 @@ async def serve_control(path, monitors):
     await asyncio.start_unix_server(handle, path)
 
 
+# The controller the guest kernel drives (set in main), for the control channel.
+C0 = []
+
+
 def refuse_connections_to_unconnectable(c0, monitors):
     """Bumble's controller connects to any advertiser it was asked to, whatever the advertising type. A
     monitor set `connectable: false` keeps advertising (the kernel sees it, reports it), but C0 never
@@ -370,6 +380,7 @@ async def main(hci_sock, ctl_sock, ready):
                     public_address="F0:F1:F2:F3:F4:F5")
     monitors = {k: Monitor(k, link) for k in DEFAULTS}
     refuse_connections_to_unconnectable(c0, monitors)
+    C0.append(c0)
     for m in monitors.values():
         await m.start()
         log(f"{m.key}: {m.name!r} advertising from {m.address}")
