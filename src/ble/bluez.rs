@@ -218,15 +218,13 @@ impl Radio for Bluez {
                     let DeviceEvent::PropertyChanged(property) = event;
                     let heard = match property {
                         DeviceProperty::ManufacturerData(map) => Heard {
-                            mac,
                             manufacturer: map.into_iter().collect(),
                             fresh: true,
-                            ..Heard::default()
+                            ..Heard::new(mac, chrono::Utc::now())
                         },
                         DeviceProperty::Rssi(rssi) => Heard {
-                            mac,
                             rssi: Some(rssi),
-                            ..Heard::default()
+                            ..Heard::new(mac, chrono::Utc::now())
                         },
                         _ => continue,
                     };

@@ -136,6 +136,7 @@ pub(super) async fn details(device: &Device, mac: Mac) -> Heard {
         .unwrap_or_default();
     Heard {
         mac,
+        at: Utc::now(),
         name,
         service_uuids,
         rssi,

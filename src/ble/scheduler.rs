@@ -6,7 +6,8 @@
 //! auto-configuration (the only place that decides it) and the cache that makes foreign devices cheap.
 //! Every input carries the current instant; every output is an [`Action`] for the radio loop, and
 //! [`Scheduler::next_deadline`] says when to call [`Scheduler::tick`] next (always in the future, or `None`:
-//! wait for an event). Must never: do I/O, read a clock, decode a frame (the decode stage does), or block.
+//! wait for an event). Must never: do I/O, read a clock (the radio stamps what it hears), decode a frame
+//! (the decode stage does), or block.
 
 use super::foreign::Foreign;
 use crate::config::{Config, Mode};
@@ -44,9 +45,11 @@ pub const HISTORY_GAP: Duration = Duration::from_secs(1800);
 pub const PASSIVE_SILENCE_INTERVALS: u32 = 3;
 
 /// What the radio heard: a device's advertisement, with what BlueZ (or the simulated air) reports of it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Heard {
     pub mac: Mac,
+    /// When it was received (wall clock, for the stamps of what it becomes: a reading, a sighting).
+    pub at: chrono::DateTime<chrono::Utc>,
     pub name: Option<String>,
     pub service_uuids: Vec<String>,
     pub rssi: Option<i16>,
@@ -87,6 +90,21 @@ pub struct PollOutcome {
     pub model: Option<Model>,
     /// The monitor's own log, when it was asked for (what was read before a failure, too).
     pub history: Option<History>,
+}
+
+impl Heard {
+    /// `mac` heard at `at`, with nothing else known yet.
+    pub fn new(mac: Mac, at: chrono::DateTime<chrono::Utc>) -> Heard {
+        Heard {
+            mac,
+            at,
+            name: None,
+            service_uuids: Vec::new(),
+            rssi: None,
+            manufacturer: Vec::new(),
+            fresh: false,
+        }
+    }
 }
 
 impl PollOutcome {
@@ -413,7 +431,7 @@ impl Scheduler {
                 rssi: h.rssi,
                 service_uuids: h.service_uuids.clone(),
                 manufacturer_data: h.manufacturer.clone(),
-                at: chrono::Utc::now(),
+                at: h.at,
             }));
         }
         let mut changed = false;
@@ -765,7 +783,7 @@ impl Scheduler {
             source,
             data,
             rssi: h.rssi,
-            received_at: chrono::Utc::now(),
+            received_at: h.at,
         });
         self.out.push(Action::Emit(event));
     }

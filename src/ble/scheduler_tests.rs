@@ -26,6 +26,7 @@ fn two_polled() -> Arc<Config> {
 fn heard(m: &str) -> Heard {
     Heard {
         mac: mac(m),
+        at: chrono::Utc::now(),
         name: Some("BM6".into()),
         service_uuids: vec![SERVICE_UUID.into()],
         rssi: Some(-60),
@@ -288,9 +289,8 @@ fn foreign_devices_are_classified_once() {
     assert!(s.wants_details(phone, t0));
     s.heard(
         Heard {
-            mac: phone,
             manufacturer: vec![(76, vec![0x10, 5, 1])],
-            ..Heard::default()
+            ..Heard::new(phone, chrono::Utc::now())
         },
         t0,
     );

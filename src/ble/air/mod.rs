@@ -185,6 +185,7 @@ impl Air {
         let rssi = p.behaviour.rssi + self.rng.i16(-3..=3);
         Some(Heard {
             mac,
+            at: chrono::Utc::now(),
             name: Some(p.monitor.advertised_name().to_string()),
             service_uuids: vec![SERVICE_UUID.to_string()],
             rssi: Some(rssi.max(OUT_OF_RANGE + 1)),
@@ -353,6 +354,7 @@ impl Radio for Air {
         let n = u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]);
         (mac.0[..2] == [0x06, 0xf0]).then(|| Heard {
             mac,
+            at: chrono::Utc::now(),
             name: None,
             service_uuids: Vec::new(),
             rssi: Some(-80 + (n % 20) as i16),
