@@ -1,7 +1,8 @@
 //! Scheduler tests with a fake clock: every input carries an instant the test chooses.
 
 use super::*;
-use crate::devices::{SERVICE_UUID, encrypt_frame};
+use crate::devices::{SERVICE_UUID, Source, encrypt_frame};
+use crate::messages::RawFrame;
 use proptest::prelude::*;
 use std::path::Path;
 

@@ -3,21 +3,34 @@
 //! Owns: when to scan, which monitor to connect to next (the poll queue, the connection limit, fairness,
 //! retries with backoff), making sure BlueZ knows a monitor before connecting to it, passive throttling (at
 //! most one reading per `poll_interval`, from the newest advertisement only), stream supervision,
-//! auto-configuration (the only place that decides it) and the cache that makes foreign devices cheap.
-//! Every input carries the current instant; every output is an [`Action`] for the radio loop, and
-//! [`Scheduler::next_deadline`] says when to call [`Scheduler::tick`] next (always in the future, or `None`:
-//! wait for an event). Must never: do I/O, read a clock (the radio stamps what it hears), decode a frame
-//! (the decode stage does), or block.
+//! auto-configuration (the only place that decides it), when to download a monitor's own log, and the
+//! cache that makes foreign devices cheap. Every input carries the current instant; every output is an
+//! [`Action`] for the radio loop, and [`Scheduler::next_deadline`] says when to call [`Scheduler::tick`]
+//! next (always in the future, or `None`: wait for an event). Must never: do I/O, read a clock (the radio
+//! stamps what it hears), decode a frame (the decode stage does), or block.
+//!
+//! Files: this one holds the cycle (scans, polls, streams, the connection limit); `io.rs` what goes in and
+//! out; `device.rs` one monitor's state; `heard.rs` what an advertisement decides (identification,
+//! adoption, forgetting, passive readings); `history.rs` the log downloads; `scan.rs` when discovery runs;
+//! `stream.rs` stream links.
+
+mod device;
+mod heard;
+mod history;
+mod io;
+mod scan;
+mod stream;
+
+pub use io::{Action, Heard, HistoryAsk, Memory, PollOutcome};
 
 use super::foreign::Foreign;
 use crate::config::{Config, Mode};
-use crate::devices::history::{History, Synced, day_batches, new_since};
-use crate::devices::{self, Model, Source};
+use crate::devices::Model;
 use crate::mac::Mac;
-use crate::messages::{
-    BleEvent, BluetoothState, HistoryOut, LinkError, Notice, RawFrame, Sighting,
-};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use crate::messages::{BleEvent, BluetoothState, LinkError, Notice, Sighting};
+use device::{Dev, Phase, find_or_queue, secs, settings};
+use history::history_ask;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,216 +56,6 @@ pub const IBEACON_WAIT: Duration = Duration::from_secs(10);
 pub const HISTORY_GAP: Duration = Duration::from_secs(1800);
 /// A passive device without a usable broadcast for this many poll intervals is reported (1003 or 1004).
 pub const PASSIVE_SILENCE_INTERVALS: u32 = 3;
-
-/// What the radio heard: a device's advertisement, with what BlueZ (or the simulated air) reports of it.
-#[derive(Debug, Clone)]
-pub struct Heard {
-    pub mac: Mac,
-    /// When it was received (wall clock, for the stamps of what it becomes: a reading, a sighting).
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub name: Option<String>,
-    pub service_uuids: Vec<String>,
-    pub rssi: Option<i16>,
-    /// Manufacturer data, company id → value.
-    pub manufacturer: Vec<(u16, Vec<u8>)>,
-    /// True when `manufacturer` was carried by a change received after the gateway started listening; false
-    /// for a value read from BlueZ's cache (which may hold adverts from before the scan: never a reading).
-    pub fresh: bool,
-}
-
-/// What the gateway remembers of earlier runs (the registry), for a new scheduler.
-#[derive(Debug, Clone, Default)]
-pub struct Memory {
-    /// Auto-configured monitors: address and model.
-    pub auto: Vec<(Mac, Option<Model>)>,
-    /// Every address ever known: never auto-configured again.
-    pub known: HashSet<Mac>,
-    /// Where the last download of each monitor's own log ended.
-    pub synced: HashMap<Mac, Synced>,
-}
-
-/// A request to download a monitor's own log after the live reading (SPEC §5.7).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryAsk {
-    /// Where the last download ended (`None`: never synced: reach back `initial_days`).
-    pub last: Option<Synced>,
-    pub initial_days: u32,
-}
-
-/// How a poll ended: the frames to hand to the decode stage and the outcome.
-#[derive(Debug, Clone)]
-pub struct PollOutcome {
-    /// The reading frame on success; on failure the frames that arrived but were no reading (so that the
-    /// decode stage counts them as rejections).
-    pub frames: Vec<RawFrame>,
-    pub result: Result<(), LinkError>,
-    /// The model the link used (it may have learned it from the advertisement).
-    pub model: Option<Model>,
-    /// The monitor's own log, when it was asked for (what was read before a failure, too).
-    pub history: Option<History>,
-}
-
-impl Heard {
-    /// `mac` heard at `at`, with nothing else known yet.
-    pub fn new(mac: Mac, at: chrono::DateTime<chrono::Utc>) -> Heard {
-        Heard {
-            mac,
-            at,
-            name: None,
-            service_uuids: Vec::new(),
-            rssi: None,
-            manufacturer: Vec::new(),
-            fresh: false,
-        }
-    }
-}
-
-impl PollOutcome {
-    /// A poll that ended in `error` with nothing received.
-    pub fn failed(model: Option<Model>, error: LinkError) -> PollOutcome {
-        PollOutcome {
-            frames: Vec::new(),
-            result: Err(error),
-            model,
-            history: None,
-        }
-    }
-}
-
-/// What the radio must do.
-#[derive(Debug, Clone)]
-pub enum Action {
-    StartScan,
-    StopScan,
-    /// Connect, ask for one reading (and, with `history`, download the monitor's log in the same
-    /// connection), disconnect: one attempt, ending in [`Scheduler::poll_done`].
-    Poll {
-        mac: Mac,
-        model: Option<Model>,
-        history: Option<HistoryAsk>,
-    },
-    /// Open a long-lived link that reports every notification through [`Scheduler::stream_frame`] and its end
-    /// through [`Scheduler::stream_ended`].
-    OpenStream {
-        mac: Mac,
-        model: Option<Model>,
-        interval: Duration,
-    },
-    CloseStream {
-        mac: Mac,
-    },
-    /// Hand this to the decode stage.
-    Emit(BleEvent),
-}
-
-/// Where a monitor is in its cycle.
-#[derive(Debug, Clone, PartialEq)]
-enum Phase {
-    /// Waiting for `due` (poll), or nothing to do (passive).
-    Idle,
-    /// Due, but BlueZ may have forgotten it: discovery runs until it is heard or `until` passes (1003).
-    Finding { until: Instant },
-    /// Heard and due: waiting for a connection slot (FIFO by `since`).
-    Queued { since: Instant },
-    /// A poll attempt or an open stream holds a connection slot.
-    Connected,
-    /// The attempt failed; the next one of the cycle waits until `at`.
-    Retry { at: Instant },
-    /// A stream link is closed; it is opened again at `at` (after being found).
-    StreamClosed { at: Instant },
-}
-
-#[derive(Debug, Clone)]
-struct Dev {
-    model: Option<Model>,
-    mode: Mode,
-    interval: Duration,
-    auto: bool,
-    phase: Phase,
-    /// Start of the next poll cycle (poll), or of the next passive silence check (passive).
-    due: Instant,
-    /// Attempt number within the current poll cycle (1-based; 0 between cycles).
-    attempt: u32,
-    cycle_started: Instant,
-    last_heard: Option<Instant>,
-    last_emit: Option<Instant>,
-    /// The newest manufacturer data seen from this device (to tell a new advert from a repeated one).
-    last_manufacturer: Vec<(u16, Vec<u8>)>,
-    /// Passive: when the first fresh advert came, and the last one carrying an encrypted frame (a device
-    /// that sends those is never published from its iBeacon).
-    first_fresh: Option<Instant>,
-    last_encrypted: Option<Instant>,
-    /// A stream frame waiting for the end of the current interval (only the newest is kept).
-    pending: Option<RawFrame>,
-    stream_retry: Duration,
-    rssi: Option<i16>,
-    /// Where the last download of its own log ended, and when it was made (this run).
-    synced: Option<Synced>,
-    last_sync: Option<Instant>,
-}
-
-impl Dev {
-    fn new(model: Option<Model>, mode: Mode, interval: Duration, auto: bool, now: Instant) -> Dev {
-        Dev {
-            model,
-            mode,
-            interval,
-            auto,
-            phase: if mode == Mode::Stream {
-                Phase::StreamClosed { at: now }
-            } else {
-                Phase::Idle
-            },
-            due: if mode == Mode::Passive {
-                now + interval * PASSIVE_SILENCE_INTERVALS
-            } else {
-                now
-            },
-            attempt: 0,
-            cycle_started: now,
-            last_heard: None,
-            last_emit: None,
-            last_manufacturer: Vec::new(),
-            first_fresh: None,
-            last_encrypted: None,
-            pending: None,
-            stream_retry: STREAM_RETRY_FIRST,
-            rssi: None,
-            synced: None,
-            last_sync: None,
-        }
-    }
-
-    fn heard_recently(&self, now: Instant) -> bool {
-        self.last_heard
-            .is_some_and(|t| now.saturating_duration_since(t) < FRESH)
-    }
-
-    fn holds_slot(&self) -> bool {
-        self.phase == Phase::Connected
-    }
-
-    /// This device's own next deadline, if it has one.
-    fn deadline(&self) -> Option<Instant> {
-        let pending = self
-            .pending
-            .as_ref()
-            .and(self.last_emit)
-            .map(|t| t + self.interval);
-        let phase = match (&self.phase, self.mode) {
-            (Phase::Idle, Mode::Poll | Mode::Passive) => Some(self.due),
-            (Phase::Finding { until }, _) => Some(*until),
-            (Phase::Retry { at }, _) | (Phase::StreamClosed { at }, _) => Some(*at),
-            _ => None,
-        };
-        [pending, phase].into_iter().flatten().min()
-    }
-}
-
-/// The settings of a device that, when changed by a reload, need its link reopened.
-fn settings(d: &Dev) -> (Option<Model>, Mode, Duration) {
-    (d.model, d.mode, d.interval)
-}
 
 /// The BLE stage's state machine. See the module documentation.
 pub struct Scheduler {
@@ -534,47 +337,6 @@ impl Scheduler {
         self.tick(now);
     }
 
-    /// A notification arrived on a stream link: the newest is handed on at most once per interval.
-    pub fn stream_frame(&mut self, frame: RawFrame, now: Instant) {
-        let Some(d) = self.devices.get_mut(&frame.mac) else {
-            return;
-        };
-        if d.mode != Mode::Stream || d.phase != Phase::Connected {
-            return;
-        }
-        d.stream_retry = STREAM_RETRY_FIRST;
-        d.last_heard = Some(now);
-        let free = d
-            .last_emit
-            .is_none_or(|t| now >= t + d.interval - slack(d.interval));
-        if free {
-            d.last_emit = Some(now);
-            d.pending = None;
-            self.out.push(Action::Emit(BleEvent::Frame(frame)));
-        } else {
-            d.pending = Some(frame);
-        }
-    }
-
-    /// A stream link ended (dropped, refused, or its task failed): report it and open it again later.
-    pub fn stream_ended(&mut self, mac: Mac, error: LinkError, now: Instant) {
-        let Some(d) = self.devices.get_mut(&mac) else {
-            return;
-        };
-        if d.mode != Mode::Stream || d.phase != Phase::Connected {
-            return;
-        }
-        let at = now + d.stream_retry;
-        d.stream_retry = (d.stream_retry * 2).min(STREAM_RETRY_CAP);
-        d.phase = Phase::StreamClosed { at };
-        d.pending = None;
-        let model = d.model;
-        if error != LinkError::AdapterUnavailable && !self.stopping {
-            self.failed(mac, model, error);
-        }
-        self.tick(now);
-    }
-
     /// A new configuration (SIGHUP): only devices whose settings changed have their links reopened; devices
     /// removed from the configuration are never polled or adopted again in this run. The configuration then
     /// travels down the pipeline.
@@ -642,18 +404,16 @@ impl Scheduler {
         self.devices.iter().map(|(m, d)| (*m, d.mode))
     }
 
-    // ----- internals -----
-
-    fn emit(&mut self, n: Notice) {
+    pub(super) fn emit(&mut self, n: Notice) {
         self.out.push(Action::Emit(BleEvent::Notice(n)));
     }
 
-    fn failed(&mut self, mac: Mac, model: Option<Model>, error: LinkError) {
+    pub(super) fn failed(&mut self, mac: Mac, model: Option<Model>, error: LinkError) {
         self.emit(Notice::PollFailed { mac, model, error });
     }
 
     /// Bring the device table in line with `config` (configured devices win over auto-configured ones).
-    fn apply_config(&mut self, config: &Config, now: Instant) {
+    pub(super) fn apply_config(&mut self, config: &Config, now: Instant) {
         for c in &config.devices {
             let mode = c.mode.unwrap_or(config.defaults.mode);
             let interval = secs(c.poll_interval.unwrap_or(config.defaults.poll_interval));
@@ -687,109 +447,8 @@ impl Scheduler {
         }
     }
 
-    fn identify(&mut self, h: &Heard, now: Instant) -> Option<devices::Identity> {
-        let id = devices::classify(h.mac, h.name.as_deref(), &h.service_uuids, &h.manufacturer);
-        if !self.devices.contains_key(&h.mac) {
-            match id {
-                None => self
-                    .foreign
-                    .remember(h.mac, now, super::foreign::FOREIGN_RECHECK),
-                // A monitor we do not read: look at it again only now and then.
-                Some(_) => self
-                    .foreign
-                    .remember(h.mac, now, super::foreign::MONITOR_RECHECK),
-            }
-        }
-        id
-    }
-
-    /// Adopt a newly found monitor if the rules allow it; true if adopted.
-    fn maybe_adopt(&mut self, mac: Mac, id: devices::Identity, now: Instant) -> bool {
-        let d = &self.config.discovery;
-        let autos = self.devices.values().filter(|d| d.auto).count();
-        let adopt = d.auto_configure
-            && id.confirmed()
-            && !self.known.contains(&mac)
-            && !self.removed.contains(&mac)
-            && autos < d.max_auto_devices as usize;
-        if !adopt {
-            return false;
-        }
-        let mode = d.auto_mode;
-        let interval = secs(self.config.defaults.poll_interval);
-        log::info!(
-            "adopting newly found {} {mac} ({})",
-            id.model,
-            mode.as_str()
-        );
-        self.known.insert(mac);
-        self.devices
-            .insert(mac, Dev::new(Some(id.model), mode, interval, true, now));
-        self.emit(Notice::Adopted {
-            mac,
-            model: id.model,
-            mode,
-        });
-        true
-    }
-
-    /// A passive device's advertisement: the newest encrypted frame (or, without one, the iBeacon) becomes
-    /// a frame for the decode stage, at most once per interval. Only data carried by a change counts.
-    fn passive_advert(&mut self, mac: Mac, h: &Heard, now: Instant) {
-        let Some(d) = self.devices.get_mut(&mac) else {
-            return;
-        };
-        if h.manufacturer.is_empty() {
-            return;
-        }
-        let previous = std::mem::replace(&mut d.last_manufacturer, h.manufacturer.clone());
-        if !h.fresh {
-            return;
-        }
-        let Some(model) = d.model else { return };
-        let first_fresh = *d.first_fresh.get_or_insert(now);
-        let newest = newest_entries(&previous, &h.manufacturer);
-        let encrypted = newest
-            .iter()
-            .find_map(|(cid, v)| devices::advert_frame(*cid, v));
-        if encrypted.is_some() {
-            d.last_encrypted = Some(now);
-        }
-        // SPEC §5.4: the iBeacon (SoC only) serves a device whose broadcasts carry no encrypted frame:
-        // none since it was first heard, for at least one interval (a BM2 alternates the two).
-        let beacon_only =
-            d.last_encrypted.is_none() && now >= first_fresh + d.interval.min(IBEACON_WAIT);
-        let (source, data) = match encrypted {
-            Some(frame) => (Source::Advertisement, frame.to_vec()),
-            None if beacon_only => {
-                let entries: Vec<(u16, Vec<u8>)> = newest.into_iter().cloned().collect();
-                match devices::ibeacon_value(model, &entries) {
-                    Some(v) => (Source::Ibeacon, v.to_vec()),
-                    None => return,
-                }
-            }
-            None => return,
-        };
-        if d.last_emit
-            .is_some_and(|t| now < t + d.interval - slack(d.interval))
-        {
-            return;
-        }
-        d.last_emit = Some(now);
-        d.due = now + d.interval * PASSIVE_SILENCE_INTERVALS;
-        let event = BleEvent::Frame(RawFrame {
-            mac,
-            model,
-            source,
-            data,
-            rssi: h.rssi,
-            received_at: h.at,
-        });
-        self.out.push(Action::Emit(event));
-    }
-
     /// Move one device's cycle on at `now`.
-    fn advance(&mut self, mac: Mac, now: Instant) {
+    pub(super) fn advance(&mut self, mac: Mac, now: Instant) {
         let Some(d) = self.devices.get_mut(&mac) else {
             return;
         };
@@ -846,7 +505,7 @@ impl Scheduler {
     }
 
     /// Give free connection slots to queued devices, longest-waiting first.
-    fn start_queued(&mut self, now: Instant) {
+    pub(super) fn start_queued(&mut self, now: Instant) {
         let limit = self.config.bluetooth.max_concurrent_connections as usize;
         let mut queued: Vec<(Instant, Mac)> = self
             .devices
@@ -889,161 +548,14 @@ impl Scheduler {
         }
     }
 
-    /// A download of `mac`'s log came back: publish what is new since the last one, oldest first, in
-    /// batches of at most a day; remember where it ended.
-    fn history_read(&mut self, mac: Mac, h: &History, now: Instant) {
-        let Some(d) = self.devices.get_mut(&mac) else {
-            return;
-        };
-        let fresh = new_since(d.synced.as_ref(), h);
-        d.last_sync = Some(now);
-        if fresh.gap {
-            log::info!("{mac}: its log does not continue the last download (reset or clock step)");
-        }
-        if let Some(next) = &fresh.next {
-            d.synced = Some(next.clone());
-        }
-        let batches = day_batches(&fresh.records);
-        let last = batches.len().saturating_sub(1);
-        for (i, records) in batches.into_iter().enumerate() {
-            let synced = if i == last { fresh.next.clone() } else { None };
-            self.emit(Notice::History {
-                out: HistoryOut { mac, records },
-                synced,
-            });
-        }
-    }
-
-    fn end_cycle(&mut self, mac: Mac, now: Instant) {
+    pub(super) fn end_cycle(&mut self, mac: Mac, now: Instant) {
         if let Some(d) = self.devices.get_mut(&mac) {
             d.attempt = 0;
             d.phase = Phase::Idle;
             d.due = (d.cycle_started + d.interval).max(now + MIN_GAP);
         }
     }
-
-    /// Open and close scan windows (initial and periodic).
-    fn scan_windows(&mut self, now: Instant) {
-        if let Some(at) = self.next_scan
-            && now >= at
-        {
-            self.scan_until = Some(now + secs(self.config.discovery.scan_duration));
-            self.next_scan = self.periodic_after(now);
-            self.announced.clear();
-        }
-        if let Some(end) = self.scan_until
-            && now >= end
-        {
-            self.scan_until = None;
-        }
-    }
-
-    fn periodic_after(&self, now: Instant) -> Option<Instant> {
-        match self.config.discovery.periodic_interval {
-            0 => None,
-            s => Some(now + secs(s)),
-        }
-    }
-
-    /// Discovery runs while a scan window is open, any device is passive, or any device is being found.
-    fn steer_discovery(&mut self) {
-        let wanted = self.adapter_up()
-            && !self.stopping
-            && (self.scan_until.is_some()
-                || self
-                    .devices
-                    .values()
-                    .any(|d| d.mode == Mode::Passive || matches!(d.phase, Phase::Finding { .. })));
-        if wanted != self.scanning {
-            self.scanning = wanted;
-            self.out.push(if wanted {
-                Action::StartScan
-            } else {
-                Action::StopScan
-            });
-        }
-    }
-
-    fn forget_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
-        let after = secs(self.config.discovery.forget_after);
-        self.devices
-            .values()
-            .filter(|d| d.auto)
-            .filter_map(move |d| d.last_heard.map(|t| t + after))
-    }
-
-    /// Auto-configured devices not heard for `forget_after` are forgotten (the fleet clears their state).
-    fn forget(&mut self, now: Instant) {
-        let after = secs(self.config.discovery.forget_after);
-        let gone: Vec<Mac> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| d.auto && d.last_heard.is_some_and(|t| now >= t + after))
-            .map(|(m, _)| *m)
-            .collect();
-        for mac in gone {
-            if let Some(d) = self.devices.remove(&mac)
-                && d.mode == Mode::Stream
-                && d.holds_slot()
-            {
-                self.out.push(Action::CloseStream { mac });
-            }
-            log::info!("forgetting {mac}: not heard for {} s", after.as_secs());
-            self.emit(Notice::Forgotten { mac });
-        }
-    }
-}
-
-/// Whether this poll also downloads the monitor's own log: a polled model the `[history]` section covers,
-/// not downloaded for [`HISTORY_GAP`] in this run.
-fn history_ask(d: &Dev, config: &Config, now: Instant) -> Option<HistoryAsk> {
-    let model = d.model?;
-    let due = d.last_sync.is_none_or(|t| now >= t + HISTORY_GAP);
-    (d.mode == Mode::Poll && config.history.covers(model) && due).then(|| HistoryAsk {
-        last: d.synced.clone(),
-        initial_days: config.history.initial_days,
-    })
-}
-
-/// Due now: connect at once if BlueZ surely still knows the device, else find it first.
-fn find_or_queue(d: &Dev, now: Instant, timeout: Duration) -> Phase {
-    if d.heard_recently(now) {
-        Phase::Queued { since: now }
-    } else {
-        Phase::Finding {
-            until: now + timeout,
-        }
-    }
-}
-
-/// The entries of `current` that are new or changed since `previous`; when nothing changed (the monitor
-/// repeated its advert, and the change signal says it was received again) all of `current`.
-fn newest_entries<'a>(
-    previous: &[(u16, Vec<u8>)],
-    current: &'a [(u16, Vec<u8>)],
-) -> Vec<&'a (u16, Vec<u8>)> {
-    let changed: Vec<&(u16, Vec<u8>)> = current
-        .iter()
-        .filter(|(cid, v)| !previous.iter().any(|(pc, pv)| pc == cid && pv == v))
-        .collect();
-    if changed.is_empty() {
-        current.iter().collect()
-    } else {
-        changed
-    }
-}
-
-/// How much earlier than a full interval after the last one a reading may be handed on: adverts and
-/// notifications come at their own pace (about one a second), so "one per interval" compared exactly
-/// would drop every other reading whenever an advert lands a hair before the interval is over.
-fn slack(interval: Duration) -> Duration {
-    interval / 20
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
 }
 
 #[cfg(test)]
-#[path = "scheduler_tests.rs"]
 mod tests;

@@ -1,0 +1,48 @@
+//! Downloads of a monitor's own log (SPEC §5.7): when a poll also asks for it, and what of a download is
+//! new and published.
+
+use super::device::Dev;
+use super::{HISTORY_GAP, HistoryAsk, Scheduler};
+use crate::config::{Config, Mode};
+use crate::devices::history::{History, day_batches, new_since};
+use crate::mac::Mac;
+use crate::messages::{HistoryOut, Notice};
+use std::time::Instant;
+
+impl Scheduler {
+    /// A download of `mac`'s log came back: publish what is new since the last one, oldest first, in
+    /// batches of at most a day; remember where it ended.
+    pub(super) fn history_read(&mut self, mac: Mac, h: &History, now: Instant) {
+        let Some(d) = self.devices.get_mut(&mac) else {
+            return;
+        };
+        let fresh = new_since(d.synced.as_ref(), h);
+        d.last_sync = Some(now);
+        if fresh.gap {
+            log::info!("{mac}: its log does not continue the last download (reset or clock step)");
+        }
+        if let Some(next) = &fresh.next {
+            d.synced = Some(next.clone());
+        }
+        let batches = day_batches(&fresh.records);
+        let last = batches.len().saturating_sub(1);
+        for (i, records) in batches.into_iter().enumerate() {
+            let synced = if i == last { fresh.next.clone() } else { None };
+            self.emit(Notice::History {
+                out: HistoryOut { mac, records },
+                synced,
+            });
+        }
+    }
+}
+
+/// Whether this poll also downloads the monitor's own log: a polled model the `[history]` section covers,
+/// not downloaded for [`HISTORY_GAP`] in this run.
+pub(super) fn history_ask(d: &Dev, config: &Config, now: Instant) -> Option<HistoryAsk> {
+    let model = d.model?;
+    let due = d.last_sync.is_none_or(|t| now >= t + HISTORY_GAP);
+    (d.mode == Mode::Poll && config.history.covers(model) && due).then(|| HistoryAsk {
+        last: d.synced.clone(),
+        initial_days: config.history.initial_days,
+    })
+}
