@@ -14,6 +14,8 @@ echo "== latency (bench/latency.sh 200 30)"
 bench/latency.sh 200 30
 echo "== footprint (bench/footprint.sh 20 60)"
 bench/footprint.sh 20 60
+echo "== CPU per reading at 1000 readings/s (bench/cpu_per_reading.sh)"
+bench/cpu_per_reading.sh 1000 15 3
 echo "== stripped binaries"
 if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null; then
   cargo build --release --locked --quiet --target armv7-unknown-linux-gnueabihf --target aarch64-unknown-linux-gnu
