@@ -299,3 +299,55 @@ fn discovery_can_be_turned_off() {
             .all(|r| !r.topic.starts_with("homeassistant/"))
     );
 }
+
+/// Home Assistant comes back after a long pause (SPEC §2.2, issue 13): a client that (re)subscribes gets
+/// every monitor's current value at once from the retained status, and the birth message re-announces
+/// the configs without publishing any reading again.
+#[test]
+fn after_a_long_pause_home_assistant_finds_every_value_in_the_retained_status() {
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(broker.port, "battery_hawk/device/+/reading");
+    let state = TempDir::new("state");
+    // One reading per device, then a long pause (poll_interval 600 s).
+    let text = devices(false).replace(
+        "vehicle = \"van\"\n",
+        "vehicle = \"van\"\npoll_interval = 600\n",
+    );
+    let _gw = Gateway::start(&sim_config(broker.port, state.path(), &text));
+    let reading = sub.wait_for(T, "the one reading", |r| r.topic.contains("00:00:11"));
+    let voltage = reading.json()["voltage"].clone();
+    // Home Assistant restarts: it subscribes anew and announces itself.
+    let mut ha = Subscriber::connect(broker.port, "battery_hawk/#");
+    let born = Instant::now();
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "homeassistant/status",
+            "-m",
+            "online",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = ha.wait_for(
+        Duration::from_secs(5),
+        "the retained status with the reading",
+        |r| r.topic == "battery_hawk/device/AA:BB:CC:00:00:11/status" && r.retain,
+    );
+    assert_eq!(status.json()["reading"]["voltage"], voltage);
+    ha.drain_for(Duration::from_secs(4));
+    sub.drain_for(Duration::from_millis(100));
+    let readings = sub
+        .seen
+        .iter()
+        .filter(|r| r.topic.contains("00:00:11"))
+        .count();
+    assert_eq!(readings, 1, "the birth published no reading again");
+    assert!(
+        !ha.seen.iter().any(|r| r.topic.ends_with("/reading")),
+        "readings are not retained and not re-sent"
+    );
+}

@@ -1,7 +1,7 @@
 //! Thread "fleet": device state, vehicles, summaries, the registry, and the system-status timer.
 //!
-//! Owns: [`state::Fleet`] (pure logic), the persisted [`registry::Registry`], the status interval and passive
-//! expiry timers. Must never: build topics or JSON (it sends [`Outbound`] values), touch Bluetooth, or block
+//! Owns: [`state::Fleet`] (pure logic), the persisted [`registry::Registry`], the status interval timer
+//! (monotonic; a passive device's silence is timed by the BLE scheduler, on the monotonic clock too). Must never: build topics or JSON (it sends [`Outbound`] values), touch Bluetooth, or block
 //! on the broker (the MQTT stage always drains its channel into its outbox).
 
 pub mod registry;
@@ -40,11 +40,8 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
     let mut registry = RegistryWriter::default();
     let out = fleet.start(Utc::now());
     forward(&mut fleet, out, tx, &mut registry);
-    let mut next_expiry = fleet.next_expiry();
     loop {
-        let until_expiry = next_expiry.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        let until_status = next_status.saturating_duration_since(Instant::now());
-        let mut wait = until_expiry.map_or(until_status, |e| e.min(until_status));
+        let mut wait = next_status.saturating_duration_since(Instant::now());
         if let Some(due) = registry.due {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
@@ -54,18 +51,11 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
                     reason: "pipeline closed".into(),
                 }));
                 let stopping = matches!(event, FleetEvent::Notice(Notice::Stopping { .. }));
-                let heard = match &event {
-                    FleetEvent::Reading(r) => Some(r.mac),
-                    _ => None,
-                };
                 let out = fleet.handle(event, Utc::now());
                 forward(&mut fleet, out, tx, &mut registry);
                 if stopping {
                     registry.write(&fleet);
                     return;
-                }
-                if let Some(due) = heard.and_then(|mac| fleet.expiry_of(&mac)) {
-                    next_expiry = Some(next_expiry.map_or(due, |t| t.min(due)));
                 }
             }
             default(wait) => {
@@ -74,11 +64,6 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
                     next_status = Instant::now() + status_every(&fleet);
                     let snapshot = Outbound::System(fleet.snapshot(now, true));
                     forward(&mut fleet, vec![snapshot], tx, &mut registry);
-                }
-                if next_expiry.is_some_and(|t| t <= now) {
-                    let out = fleet.expire(now);
-                    forward(&mut fleet, out, tx, &mut registry);
-                    next_expiry = fleet.next_expiry();
                 }
                 if registry.due.is_some_and(|d| d <= Instant::now()) {
                     registry.write(&fleet);

@@ -6,7 +6,7 @@
 use super::registry::{KnownDevice, Registry};
 use super::summary::summarize;
 use crate::config::{Config, Mode};
-use crate::devices::{Model, Source};
+use crate::devices::Model;
 use crate::mac::Mac;
 use crate::messages::{
     AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, LatestReading,
@@ -14,12 +14,9 @@ use crate::messages::{
     SystemSnapshot,
 };
 use crate::mqtt::clock::is_sane;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-
-/// A passive device is reachable while an advertisement was seen within this many poll intervals.
-const PASSIVE_GRACE_INTERVALS: i64 = 3;
 
 /// What the gateway knows about one device right now.
 #[derive(Debug, Default)]
@@ -31,12 +28,9 @@ struct Live {
     /// The latest accepted reading (its `capacity_ah` is filled in from the config when published).
     last: Option<LatestReading>,
     rssi: Option<i16>,
-    last_advert: Option<DateTime<Utc>>,
-    /// A reading or a failure was seen in this run: the device is no longer pending.
+    /// A reading or a failure was seen in this run: the device is no longer pending. (A passive device
+    /// never heard from is reported by the BLE scheduler after three poll intervals, SPEC §2.2.)
     attempted: bool,
-    /// When the device became active in this run: a passive device never heard from is unreachable
-    /// [`PASSIVE_GRACE_INTERVALS`] poll intervals later.
-    since: Option<DateTime<Utc>>,
 }
 
 /// A device as configured, with the registry filling the gaps.
@@ -67,8 +61,6 @@ pub struct Fleet {
     views: BTreeMap<Mac, View>,
     /// Vehicle id → its active devices.
     members: BTreeMap<String, Vec<Mac>>,
-    /// Active devices in `passive` mode (the only ones that expire).
-    passive: Vec<Mac>,
     counters: Counters,
     bluetooth: BluetoothState,
 }
@@ -83,7 +75,6 @@ impl Fleet {
             published: HashMap::new(),
             views: BTreeMap::new(),
             members: BTreeMap::new(),
-            passive: Vec::new(),
             counters: Counters::default(),
             bluetooth,
         };
@@ -95,7 +86,6 @@ impl Fleet {
     pub fn start(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
         let mut out = Vec::new();
         self.reconcile(now, &mut out);
-        self.track_new(now);
         for v in self.vehicle_ids() {
             self.refresh_summary(&v, now, &mut out);
         }
@@ -153,42 +143,6 @@ impl Fleet {
         out
     }
 
-    /// Passive devices whose adverts stopped, or never came since they became active, become
-    /// unreachable (SPEC §2.2).
-    pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Outbound> {
-        let mut out = Vec::new();
-        let expired: Vec<Mac> = self
-            .passive
-            .iter()
-            .filter(|mac| {
-                self.live.get(mac).is_some_and(|l| {
-                    (l.reachable || !l.attempted)
-                        && self.passive_deadline(mac, l).is_some_and(|d| d <= now)
-                })
-            })
-            .copied()
-            .collect();
-        for mac in expired {
-            self.on_failure(mac, LinkError::NotFound, now, &mut out);
-        }
-        out
-    }
-
-    /// When [`Fleet::expire`] next has something to do. Costs one look per passive device only.
-    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
-        self.passive
-            .iter()
-            .filter_map(|mac| self.expiry_of(mac))
-            .min()
-    }
-
-    /// When the passive device `mac` expires if it stays silent (`None` for other devices).
-    pub fn expiry_of(&self, mac: &Mac) -> Option<DateTime<Utc>> {
-        let live = self.live.get(mac)?;
-        (live.reachable || !live.attempted).then_some(())?;
-        self.passive_deadline(mac, live)
-    }
-
     /// The fleet's part of the system status.
     pub fn snapshot(&self, now: DateTime<Utc>, running: bool) -> SystemSnapshot {
         let active = self.views.keys();
@@ -217,23 +171,6 @@ impl Fleet {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    fn passive_deadline(&self, mac: &Mac, l: &Live) -> Option<DateTime<Utc>> {
-        let v = self.view(mac)?;
-        (v.mode == Mode::Passive).then_some(())?;
-        let grace = Duration::seconds(PASSIVE_GRACE_INTERVALS * v.poll_interval as i64);
-        l.last_advert
-            .or(if l.attempted { None } else { l.since })
-            .map(|t| t + grace)
-    }
-
-    /// Start the pending period of every active device that has none yet (at start, after a reload
-    /// or an auto-configuration).
-    fn track_new(&mut self, now: DateTime<Utc>) {
-        for mac in self.views.keys() {
-            self.live.entry(*mac).or_default().since.get_or_insert(now);
-        }
     }
 
     fn on_reading(&mut self, r: DecodedReading, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
@@ -266,9 +203,6 @@ impl Fleet {
         });
         if r.rssi.is_some() {
             live.rssi = r.rssi;
-        }
-        if matches!(r.source, Source::Advertisement | Source::Ibeacon) {
-            live.last_advert = Some(r.received_at);
         }
         let view = self.view(&r.mac);
         let (vehicle_id, capacity_ah) = view
@@ -345,7 +279,6 @@ impl Fleet {
         }
         self.registry_dirty = true;
         self.rebuild();
-        self.track_new(now);
         log::info!(
             "auto-configured {mac} ({model}, {}) in new vehicle {id}",
             mode.as_str()
@@ -438,7 +371,6 @@ impl Fleet {
     ) {
         let views = &self.views;
         self.live.retain(|mac, _| views.contains_key(mac));
-        self.track_new(now);
         for mac in devices_before
             .iter()
             .filter(|m| !self.views.contains_key(m))
@@ -555,11 +487,6 @@ impl Fleet {
                 members.entry(id.clone()).or_default().push(*mac);
             }
         }
-        self.passive = views
-            .iter()
-            .filter(|(_, v)| v.mode == Mode::Passive)
-            .map(|(m, _)| *m)
-            .collect();
         self.views = views;
         self.members = members;
     }

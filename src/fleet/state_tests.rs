@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::config::Config;
-use crate::devices::Measurement;
+use crate::devices::{Measurement, Source};
+use chrono::Duration;
 use std::path::Path;
 
 const BM6: &str = "AA:BB:CC:DD:EE:01";
@@ -258,26 +259,6 @@ fn config_wins_and_moving_a_device_updates_both_vehicles() {
 }
 
 #[test]
-fn passive_devices_expire_after_three_intervals() {
-    let text = "[[device]]\nmac = \"AA:BB:CC:DD:EE:04\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 10\n";
-    let mut f = Fleet::new(config(text), Registry::default(), BluetoothState::Active);
-    f.start(Utc::now());
-    f.handle(
-        reading("AA:BB:CC:DD:EE:04", 12.6, 85.0, Source::Advertisement),
-        Utc::now(),
-    );
-    let due = f.next_expiry().unwrap();
-    assert!(due > Utc::now() + Duration::seconds(29));
-    assert!(f.expire(due - Duration::seconds(1)).is_empty());
-    let out = f.expire(due);
-    let Outbound::DeviceStatus(s) = &out[0] else {
-        panic!("{out:?}")
-    };
-    assert_eq!((s.reachable, s.error.as_ref().unwrap().0), (false, 1003));
-    assert!(f.next_expiry().is_none());
-}
-
-#[test]
 fn stopping_sends_a_final_snapshot_then_shutdown() {
     let mut f = Fleet::new(config(""), Registry::default(), BluetoothState::Simulated);
     let out = f.handle(
@@ -342,28 +323,30 @@ fn a_status_before_the_first_reading_has_none() {
     assert!(st.reading.is_none());
 }
 
+/// The BLE scheduler reports a passive device that broadcast nothing usable for three intervals (on the
+/// monotonic clock); the fleet then counts it as tried: no longer pending, scored 0.
 #[test]
-fn a_silent_passive_device_stops_being_pending_after_its_grace() {
+fn a_silent_passive_device_stops_being_pending_when_the_scheduler_reports_it() {
     let mut f = fleet(
         "[[vehicle]]\nid = \"van\"\n\
          [[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\ntype = \"BM6\"\nvehicle = \"van\"\n\
          mode = \"passive\"\npoll_interval = 60\n",
     );
     let t0 = Utc::now();
-    f.start(t0);
-    let due = f
-        .next_expiry()
-        .expect("a deadline for the never-heard device");
-    assert_eq!(due, t0 + Duration::seconds(180));
-    assert!(f.expire(due - Duration::seconds(1)).is_empty());
-    let out = f.expire(due);
+    let start = f.start(t0);
+    assert_eq!(summaries(&start), [(None, None)], "pending: no verdict yet");
+    let silent = FleetEvent::Notice(Notice::PollFailed {
+        mac: "AA:BB:CC:DD:EE:01".parse().unwrap(),
+        model: Some(bm6()),
+        error: LinkError::NotFound,
+    });
+    let out = f.handle(silent, t0 + Duration::seconds(180));
     assert_eq!(kinds(&out), ["status", "summary"]);
     assert_eq!(summaries(&out), [(Some("poor"), Some(0.0))]);
     let Outbound::DeviceStatus(st) = &out[0] else {
         unreachable!()
     };
     assert_eq!(st.error.as_ref().map(|e| e.0), Some(1003));
-    assert_eq!(f.next_expiry(), None, "expired once, not again");
 }
 
 #[test]

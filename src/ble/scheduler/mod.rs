@@ -176,7 +176,11 @@ impl Scheduler {
                 Mode::Stream => Phase::StreamClosed { at: now },
                 _ => Phase::Idle,
             };
-            d.due = now;
+            // Polls are due at once when the adapter is back; a passive device's silence counts anew.
+            d.due = match d.mode {
+                Mode::Passive => now + d.interval * PASSIVE_SILENCE_INTERVALS,
+                _ => now,
+            };
         }
         if was_up {
             self.emit(Notice::Bluetooth(BluetoothState::Unavailable));

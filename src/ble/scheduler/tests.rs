@@ -665,3 +665,40 @@ fn a_polled_bm6_downloads_its_log_with_the_reading_and_publishes_only_what_is_ne
         "asked from where the last one ended"
     );
 }
+
+#[test]
+fn a_silent_passive_device_is_reported_every_three_intervals_and_a_heard_one_never() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 10\n\
+         [[device]]\nmac = \"{B}\"\ntype = \"BM6\"\nmode = \"passive\"\npoll_interval = 10\n"
+    ));
+    let mut s = started(c, t0);
+    s.take_actions();
+    let mut reports = Vec::new();
+    for second in 1..=65u64 {
+        let now = t0 + Duration::from_secs(second);
+        // B broadcasts a new frame every second; A is silent (out of range).
+        let mut b = heard(B);
+        b.fresh = true;
+        b.manufacturer = vec![bm6_advert(B, 12.0 + second as f64 / 100.0)];
+        s.heard(b, now);
+        s.tick(now);
+        reports.extend(
+            failures(&s.take_actions())
+                .into_iter()
+                .map(|(m, code)| (m, code, second)),
+        );
+    }
+    assert_eq!(
+        reports,
+        vec![(mac(A), 1003, 30), (mac(A), 1003, 60)],
+        "A after 3 intervals, then every 3; B never"
+    );
+    // The adapter comes and goes: a passive device's silence counts anew, no report at once.
+    let later = t0 + Duration::from_secs(66);
+    s.adapter_lost(later);
+    s.take_actions();
+    s.adapter_available(BluetoothState::Active, later + Duration::from_secs(1));
+    assert!(failures(&s.take_actions()).is_empty());
+}
