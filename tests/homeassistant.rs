@@ -318,7 +318,6 @@ fn after_a_long_pause_home_assistant_finds_every_value_in_the_retained_status() 
     let voltage = reading.json()["voltage"].clone();
     // Home Assistant restarts: it subscribes anew and announces itself.
     let mut ha = Subscriber::connect(broker.port, "battery_hawk/#");
-    let born = Instant::now();
     let ok = Command::new("mosquitto_pub")
         .args([
             "-p",
