@@ -23,9 +23,9 @@ ROOT=$CACHE/rootfs-$SUITE
 VENV=/opt/ha-$HA_VERSION
 # Debian's archive as this machine's apt uses it (the first main archive of its sources), unless given.
 host_mirror() {
-  { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
-  } | grep -v -e security -e updates | head -n 1
+  { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' || true
+    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' || true
+  } | { grep -v -e security -e updates || true; } | sed -n 1p
 }
 MIRROR=${BH_DEBIAN_MIRROR:-$(host_mirror)}
 [ -n "$MIRROR" ] || { echo "ha-real: no Debian archive in this machine's apt sources; set BH_DEBIAN_MIRROR" >&2; exit 1; }
