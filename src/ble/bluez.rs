@@ -322,7 +322,7 @@ impl Radio for Bluez {
                     let lost = self.lose(format!("cannot scan: {e}"));
                     self.pending.push(lost);
                 }
-                Err(e) => log::warn!("cannot start a scan: {e}"),
+                Err(e) => self.pending.push(RadioEvent::ScanFailed(e.to_string())),
             },
             Action::StopScan => self.discovery = None,
             Action::Poll {

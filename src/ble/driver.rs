@@ -76,6 +76,10 @@ pub(super) async fn drive<R: Radio>(
                         }
                         scheduler.adapter_lost(now);
                     }
+                    RadioEvent::ScanFailed(why) => {
+                        log::warn!("cannot start a scan (trying again shortly): {why}");
+                        scheduler.scan_failed(now);
+                    }
                     RadioEvent::Advert(mac) => {
                         if scheduler.wants_details(mac, now)
                             && let Some(heard) = radio.details(mac).await

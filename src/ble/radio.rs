@@ -15,6 +15,8 @@ pub enum RadioEvent {
     Available(BluetoothState),
     /// The adapter or bluetoothd went away (why); the radio tries again by itself, with backoff.
     Lost(String),
+    /// BlueZ refused to start discovery (why); the scheduler asks again later.
+    ScanFailed(String),
     /// A device advertised; its details cost I/O ([`Radio::details`]) and are fetched only if wanted.
     Advert(Mac),
     /// A device advertised, with everything already known (a change signal carried it).

@@ -51,6 +51,9 @@ pub(super) struct Dev {
     /// Where the last download of its own log ended, and when it was made (this run).
     pub(super) synced: Option<Synced>,
     pub(super) last_sync: Option<Instant>,
+    /// Its log could not be read at all (no reply to the history request): not asked again in this run,
+    /// so a monitor whose firmware ignores the request does not hold the link for it every time.
+    pub(super) history_off: bool,
 }
 
 impl Dev {
@@ -88,6 +91,7 @@ impl Dev {
             rssi: None,
             synced: None,
             last_sync: None,
+            history_off: false,
         }
     }
 

@@ -18,6 +18,10 @@ impl Scheduler {
         };
         let fresh = new_since(d.synced.as_ref(), h);
         d.last_sync = Some(now);
+        if h.records.is_empty() && !h.log_end {
+            d.history_off = true;
+            log::info!("{mac}: its log could not be read; not asked for it again in this run");
+        }
         if fresh.gap {
             log::info!("{mac}: its log does not continue the last download (reset or clock step)");
         }
@@ -40,7 +44,7 @@ impl Scheduler {
 /// not downloaded for [`HISTORY_GAP`] in this run.
 pub(super) fn history_ask(d: &Dev, config: &Config, now: Instant) -> Option<HistoryAsk> {
     let model = d.model?;
-    let due = d.last_sync.is_none_or(|t| now >= t + HISTORY_GAP);
+    let due = !d.history_off && d.last_sync.is_none_or(|t| now >= t + HISTORY_GAP);
     (d.mode == Mode::Poll && config.history.covers(model) && due).then(|| HistoryAsk {
         last: d.synced.clone(),
         initial_days: config.history.initial_days,

@@ -54,6 +54,8 @@ pub const IBEACON_WAIT: Duration = Duration::from_secs(10);
 /// the last download is older than this: often enough that the 2-minute records fill every gap between
 /// polls, rarely enough that the link (and the owner's phone app) is not held for it on every poll.
 pub const HISTORY_GAP: Duration = Duration::from_secs(1800);
+/// Pause before asking BlueZ again to start discovery after it refused.
+pub const SCAN_RETRY: Duration = Duration::from_secs(5);
 /// A passive device without a usable broadcast for this many poll intervals is reported (1003 or 1004).
 pub const PASSIVE_SILENCE_INTERVALS: u32 = 3;
 
@@ -72,6 +74,8 @@ pub struct Scheduler {
     scanning: bool,
     scan_until: Option<Instant>,
     next_scan: Option<Instant>,
+    /// A refused discovery start is tried again at this instant.
+    scan_retry: Option<Instant>,
     /// After [`Scheduler::stop`]: nothing starts any more.
     stopping: bool,
     out: Vec<Action>,
@@ -96,6 +100,7 @@ impl Scheduler {
             scanning: false,
             scan_until: None,
             next_scan: None,
+            scan_retry: None,
             stopping: false,
             out: Vec::new(),
             config: Arc::clone(&config),
@@ -130,7 +135,9 @@ impl Scheduler {
             return None;
         }
         let up = self.adapter_up();
-        let scans = [self.next_scan, self.scan_until].into_iter().flatten();
+        let scans = [self.next_scan, self.scan_until, self.scan_retry]
+            .into_iter()
+            .flatten();
         let devices = self
             .devices
             .values()

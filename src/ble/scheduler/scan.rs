@@ -1,15 +1,25 @@
 //! When discovery runs: scan windows (initial, periodic; `periodic_interval = 0`: none), and continuously
 //! while any device is passive or being looked for.
 
-use super::Scheduler;
 use super::device::{Phase, secs};
 use super::io::Action;
+use super::{SCAN_RETRY, Scheduler};
 use crate::config::Mode;
 use std::time::Instant;
 
 impl Scheduler {
+    /// BlueZ refused to start discovery (another client's operation in progress, a daemon still
+    /// starting): try again after [`SCAN_RETRY`] instead of believing it runs.
+    pub fn scan_failed(&mut self, now: Instant) {
+        self.scanning = false;
+        self.scan_retry = Some(now + SCAN_RETRY);
+    }
+
     /// Open and close scan windows (initial and periodic).
     pub(super) fn scan_windows(&mut self, now: Instant) {
+        if self.scan_retry.is_some_and(|t| now >= t) {
+            self.scan_retry = None;
+        }
         if let Some(at) = self.next_scan
             && now >= at
         {
@@ -31,10 +41,12 @@ impl Scheduler {
         }
     }
 
-    /// Discovery runs while a scan window is open, any device is passive, or any device is being found.
+    /// Discovery runs while a scan window is open, any device is passive, or any device is being found
+    /// (and not while a refused start waits for its retry).
     pub(super) fn steer_discovery(&mut self) {
         let wanted = self.adapter_up()
             && !self.stopping
+            && self.scan_retry.is_none()
             && (self.scan_until.is_some()
                 || self
                     .devices

@@ -702,3 +702,63 @@ fn a_silent_passive_device_is_reported_every_three_intervals_and_a_heard_one_nev
     s.adapter_available(BluetoothState::Active, later + Duration::from_secs(1));
     assert!(failures(&s.take_actions()).is_empty());
 }
+
+#[test]
+fn a_refused_scan_is_tried_again_not_believed() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[[device]]\nmac = \"{A}\"\ntype = \"BM2\"\nmode = \"passive\"\npoll_interval = 5\n"
+    ));
+    let mut s = started(c, t0);
+    assert!(matches!(s.take_actions().last(), Some(Action::StartScan)));
+    s.scan_failed(t0);
+    let retry = s.next_deadline().unwrap();
+    assert_eq!(retry, t0 + SCAN_RETRY);
+    s.tick(retry);
+    assert!(
+        matches!(s.take_actions().last(), Some(Action::StartScan)),
+        "asked again"
+    );
+}
+
+#[test]
+fn a_monitor_whose_log_cannot_be_read_is_not_asked_again_in_the_run() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 60\n"
+    ));
+    let mut s = started(c, t0);
+    s.heard(heard(A), t0);
+    let first = s.take_actions();
+    assert!(first.iter().any(|a| matches!(
+        a,
+        Action::Poll {
+            history: Some(_),
+            ..
+        }
+    )));
+    let mut outcome = ok(A);
+    outcome.history = Some(crate::devices::history::History {
+        model: "BM6",
+        requested_at: chrono::Utc::now(),
+        records: Vec::new(),
+        log_end: false,
+        shifts: 0,
+        pages: Vec::new(),
+    });
+    s.poll_done(mac(A), outcome, t0 + Duration::from_secs(16));
+    s.take_actions();
+    // Hours later: polls go on, without the download.
+    let later = t0 + Duration::from_secs(7200);
+    s.heard(heard(A), later);
+    s.tick(later);
+    let polls: Vec<bool> = s
+        .take_actions()
+        .iter()
+        .filter_map(|a| match a {
+            Action::Poll { history, .. } => Some(history.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(polls, vec![false]);
+}
