@@ -33,26 +33,8 @@ fn wait_for_log(gw: &Gateway, what: &str, timeout: Duration) {
     }
 }
 
-fn connects(gw: &Gateway) -> usize {
-    gw.log().matches("connected to the MQTT broker at").count()
-}
-
-/// The reconnect delays the gateway announced, in seconds, in order.
-fn delays(gw: &Gateway) -> Vec<f64> {
-    gw.log()
-        .lines()
-        .filter_map(|l| {
-            l.split("reconnecting to the MQTT broker in ")
-                .nth(1)?
-                .strip_suffix(" s")?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 fn assert_backoff_grows(gw: &Gateway) {
-    let d = delays(gw);
+    let d = gw.delays();
     assert!(
         d.len() >= 3 && d.windows(2).all(|w| w[1] > w[0]),
         "the backoff grows: {d:?}"
@@ -83,7 +65,7 @@ fn a_broker_without_qos_2_works_with_max_qos_1() {
     let gw = Gateway::start(&config(broker.port, &state, "max_qos = 1\n"));
     everything_flows(&mut sub);
     sub.drain_for(Duration::from_secs(3));
-    assert_eq!(connects(&gw), 1, "one connection, never dropped");
+    assert_eq!(gw.connects(), 1, "one connection, never dropped");
     assert!(sub.seen.iter().all(|r| r.qos <= 1));
     assert!(!gw.log().contains("giving up"), "{}", gw.log());
 }
@@ -109,9 +91,9 @@ fn a_broker_without_qos_2_is_diagnosed_and_readings_still_flow() {
         T,
     );
     sub.wait_for(T, "a reading", |r| r.topic.ends_with("/reading"));
-    let n = connects(&gw);
+    let n = gw.connects();
     sub.drain_for(Duration::from_secs(5));
-    assert_eq!(connects(&gw), n, "no more reconnects once it was given up");
+    assert_eq!(gw.connects(), n, "no more reconnects once it was given up");
 }
 
 #[test]
@@ -133,7 +115,7 @@ fn a_broker_without_retain_works_with_retain_false() {
         r.topic.ends_with("/summary") && r.at > first + Duration::from_secs(1)
     });
     sub.drain_for(Duration::from_secs(1));
-    assert_eq!(connects(&gw), 1, "one connection, never dropped");
+    assert_eq!(gw.connects(), 1, "one connection, never dropped");
     assert!(
         retained(broker.port, "#", Duration::from_millis(500)).is_empty(),
         "nothing retained"
@@ -169,10 +151,10 @@ fn a_message_over_the_brokers_packet_limit_is_given_up_once_and_the_rest_flows()
         T,
     );
     everything_flows(&mut sub);
-    let n = connects(&gw);
+    let n = gw.connects();
     sub.drain_for(Duration::from_secs(5));
     assert_eq!(
-        connects(&gw),
+        gw.connects(),
         n,
         "given up once, never re-created per connection"
     );
@@ -217,6 +199,6 @@ fn a_huge_retained_message_on_home_assistants_status_is_dropped_without_a_reconn
     );
     everything_flows(&mut sub);
     sub.drain_for(Duration::from_secs(2));
-    assert_eq!(connects(&gw), 1, "no reconnect: {}", gw.log());
+    assert_eq!(gw.connects(), 1, "no reconnect: {}", gw.log());
     assert_eq!(gw.log().matches("ignoring a").count(), 1, "one warning");
 }

@@ -14,24 +14,6 @@ const DEVICES: &str = "[simulation]\ninterval_ms = 500\n\
 /// How long the two gateways run side by side: one minute, for the reconnects-per-minute figure.
 const SIDE_BY_SIDE: Duration = Duration::from_secs(60);
 
-fn connects(gw: &Gateway) -> usize {
-    gw.log().matches("connected to the MQTT broker at").count()
-}
-
-/// The reconnect delays a gateway announced, in seconds, in order.
-fn delays(gw: &Gateway) -> Vec<f64> {
-    gw.log()
-        .lines()
-        .filter_map(|l| {
-            l.split("reconnecting to the MQTT broker in ")
-                .nth(1)?
-                .strip_suffix(" s")?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 #[test]
 fn two_gateways_with_one_client_id_back_off_and_say_why() {
     let broker = Mosquitto::start();
@@ -44,15 +26,15 @@ fn two_gateways_with_one_client_id_back_off_and_say_why() {
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let total = connects(&a) + connects(&b);
+    let total = a.connects() + b.connects();
     eprintln!(
         "FIGURE: two gateways with one client id: {total} connections in {:.0} s \
          (a: {}, b: {}); delays a {:?}, b {:?}",
         started.elapsed().as_secs_f64(),
-        connects(&a),
-        connects(&b),
-        delays(&a),
-        delays(&b)
+        a.connects(),
+        b.connects(),
+        a.delays(),
+        b.delays()
     );
     assert!(
         a.log().contains(error) || b.log().contains(error),
@@ -61,7 +43,7 @@ fn two_gateways_with_one_client_id_back_off_and_say_why() {
         b.log()
     );
     for gw in [&a, &b] {
-        let d = delays(gw);
+        let d = gw.delays();
         let longest = d.iter().copied().fold(0.0, f64::max);
         assert!(
             longest >= 7.0,

@@ -47,6 +47,23 @@ fn first_on(seen: &[Received], topic: &str, full: bool) -> usize {
         .unwrap_or_else(|| panic!("nothing on {topic}"))
 }
 
+/// Home Assistant announces itself: `online` on its status topic.
+fn announce_home_assistant(port: u16) {
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "homeassistant/status",
+            "-m",
+            "online",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mosquitto_pub failed");
+}
+
 fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(k))
 }
@@ -217,19 +234,7 @@ fn configs_are_re_sent_when_home_assistant_comes_online() {
     sub.drain_for(Duration::from_millis(500));
     sub.seen.clear();
     let sent = Instant::now();
-    let ok = Command::new("mosquitto_pub")
-        .args([
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "homeassistant/status",
-            "-m",
-            "online",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    announce_home_assistant(broker.port);
     let again = sub.wait_for(T, "re-announced config", |r| r.topic.contains(BM6));
     let after = again.at.duration_since(sent);
     assert!(
@@ -318,19 +323,7 @@ fn after_a_long_pause_home_assistant_finds_every_value_in_the_retained_status() 
     let voltage = reading.json()["voltage"].clone();
     // Home Assistant restarts: it subscribes anew and announces itself.
     let mut ha = Subscriber::connect(broker.port, "battery_hawk/#");
-    let ok = Command::new("mosquitto_pub")
-        .args([
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "homeassistant/status",
-            "-m",
-            "online",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    announce_home_assistant(broker.port);
     let status = ha.wait_for(
         Duration::from_secs(5),
         "the retained status with the reading",

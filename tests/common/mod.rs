@@ -406,6 +406,27 @@ impl Gateway {
         Gateway { child, dir, config }
     }
 
+    /// How many times the gateway connected to the broker (from its log).
+    pub fn connects(&self) -> usize {
+        self.log()
+            .matches("connected to the MQTT broker at")
+            .count()
+    }
+
+    /// The reconnect delays the gateway announced in its log, in seconds, in order.
+    pub fn delays(&self) -> Vec<f64> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                l.split("reconnecting to the MQTT broker in ")
+                    .nth(1)?
+                    .strip_suffix(" s")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
