@@ -1,0 +1,136 @@
+//! Property tests of the scheduler: for any sequence of events, no spin and no more connections than the
+//! limit; a reachable monitor is read on time.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Inputs for the property test.
+#[derive(Debug, Clone)]
+enum Input {
+    Wait(u64),
+    Heard(usize),
+    PollOk,
+    PollFail(u8),
+    StreamEnd(usize),
+    Lost,
+    Back,
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        (0u64..120_000).prop_map(Input::Wait),
+        (0usize..4).prop_map(Input::Heard),
+        Just(Input::PollOk),
+        (0u8..5).prop_map(Input::PollFail),
+        (0usize..4).prop_map(Input::StreamEnd),
+        Just(Input::Lost),
+        Just(Input::Back),
+    ]
+}
+
+const MACS: [&str; 4] = [A, B, "AA:BB:CC:00:00:03", "AA:BB:CC:00:00:04"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// For any sequence of events: the next deadline is in the future (or the scheduler waits for an
+    /// event), never more connections than the limit, and a device that keeps answering is polled within
+    /// its interval plus the time the others hold the slot.
+    #[test]
+    fn never_spins_and_never_exceeds_the_connection_limit(
+        inputs in proptest::collection::vec(input(), 1..200),
+        limit in 2u32..4,
+        periodic in 0u64..3,
+    ) {
+        let t0 = Instant::now();
+        let c = config(&format!(
+            "[bluetooth]\nmax_concurrent_connections = {limit}\nconnection_timeout = 10\n\
+             [discovery]\nperiodic_interval = {}\nscan_duration = 3\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM6\"\npoll_interval = 30\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM6\"\npoll_interval = 45\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM2\"\nmode = \"passive\"\npoll_interval = 20\n\
+             [[device]]\nmac = \"{}\"\ntype = \"BM2\"\nmode = \"stream\"\npoll_interval = 5\n",
+            periodic * 100, MACS[0], MACS[1], MACS[2], MACS[3]
+        ));
+        let mut s = started(c, t0);
+        let mut now = t0;
+        let mut in_flight: Vec<Mac> = Vec::new();
+        for i in inputs {
+            match i {
+                Input::Wait(ms) => {
+                    now += Duration::from_millis(ms);
+                    s.tick(now);
+                }
+                Input::Heard(n) => s.heard(heard(MACS[n]), now),
+                Input::PollOk => {
+                    if let Some(m) = in_flight.pop() {
+                        s.poll_done(m, ok(&m.to_string()), now);
+                    }
+                }
+                Input::PollFail(k) => {
+                    if let Some(m) = in_flight.pop() {
+                        let e = [LinkError::Timeout, LinkError::NotFound, LinkError::Busy,
+                                 LinkError::NoData, LinkError::Failed("x".into())][k as usize].clone();
+                        s.poll_done(m, failed(e), now);
+                    }
+                }
+                Input::StreamEnd(n) => s.stream_ended(mac(MACS[n]), LinkError::Timeout, now),
+                Input::Lost => { in_flight.clear(); s.adapter_lost(now) }
+                Input::Back => s.adapter_available(BluetoothState::Active, now),
+            }
+            for a in s.take_actions() {
+                if let Action::Poll { mac, .. } = a {
+                    in_flight.push(mac);
+                }
+            }
+            prop_assert!(s.connections() <= limit as usize);
+            if let Some(d) = s.next_deadline() {
+                prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+            }
+        }
+    }
+
+    /// A reachable polled monitor that always answers is read within its interval plus the connection
+    /// time of the others (here: every other device's poll takes 2 s).
+    #[test]
+    fn every_reachable_monitor_is_read_on_time(limit in 1u32..3, others in 0usize..3) {
+        let t0 = Instant::now();
+        let mut text = format!(
+            "[bluetooth]\nmax_concurrent_connections = {limit}\n[discovery]\ninitial_scan = false\n"
+        );
+        for m in MACS.iter().take(others + 1) {
+            text += &format!("[[device]]\nmac = \"{m}\"\ntype = \"BM6\"\npoll_interval = 30\n");
+        }
+        let mut s = started(config(&text), t0);
+        let mut now = t0;
+        let mut read_at: BTreeMap<Mac, Vec<Instant>> = BTreeMap::new();
+        let mut in_flight: Vec<(Instant, Mac)> = Vec::new();
+        while now < t0 + Duration::from_secs(300) {
+            for m in MACS.iter().take(others + 1) {
+                s.heard(heard(m), now);
+            }
+            for a in s.take_actions() {
+                if let Action::Poll { mac, .. } = a {
+                    in_flight.push((now + Duration::from_secs(2), mac));
+                }
+            }
+            in_flight.sort();
+            let next_done = in_flight.first().map(|(t, _)| *t);
+            let next = [s.next_deadline(), next_done, Some(now + Duration::from_secs(5))]
+                .into_iter().flatten().min().unwrap();
+            now = next;
+            if let Some((t, m)) = in_flight.first().copied() && t <= now {
+                in_flight.remove(0);
+                s.poll_done(m, ok(&m.to_string()), now);
+                read_at.entry(m).or_default().push(now);
+            }
+            s.tick(now);
+        }
+        let bound = Duration::from_secs(30) + Duration::from_secs(2) * (others as u32 + 1);
+        for (m, times) in read_at {
+            for w in times.windows(2) {
+                prop_assert!(w[1] - w[0] <= bound, "{m}: {:?} between reads", w[1] - w[0]);
+            }
+        }
+    }
+}
