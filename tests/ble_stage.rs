@@ -64,6 +64,13 @@ fn gateway_config(state: &TempDir, port: u16, extra: &str) -> String {
     )
 }
 
+/// A broker, a subscriber to `filter` on it, and a state directory for the gateway.
+fn site(filter: &str) -> (Mosquitto, Subscriber, TempDir) {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, filter);
+    (broker, sub, TempDir::new("state"))
+}
+
 fn start(bluez: &FakeBluez, config: &str) -> Gateway {
     Gateway::start_env(config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)])
 }
@@ -79,9 +86,7 @@ fn stop(mut gw: Gateway) -> String {
 #[test]
 fn a_silent_monitor_neither_spins_nor_starves_the_answering_one() {
     let bluez = FakeBluez::start(&json!({"devices": [polled_bm6(A, "ok"), polled_bm6(B, "hang")]}));
-    let broker = Mosquitto::start();
-    let mut sub = Subscriber::connect(broker.port, "battery_hawk/device/#");
-    let state = TempDir::new("state");
+    let (broker, mut sub, state) = site("battery_hawk/device/#");
     let gw = start(
         &bluez,
         &gateway_config(
@@ -135,9 +140,7 @@ fn a_silent_monitor_neither_spins_nor_starves_the_answering_one() {
 #[test]
 fn a_forgotten_monitor_is_found_again_before_each_poll() {
     let bluez = FakeBluez::start(&json!({"forget_s": 1, "devices": [polled_bm6(A, "ok")]}));
-    let broker = Mosquitto::start();
-    let mut sub = Subscriber::connect(broker.port, "battery_hawk/device/#");
-    let state = TempDir::new("state");
+    let (broker, mut sub, state) = site("battery_hawk/device/#");
     let gw = start(
         &bluez,
         &gateway_config(
@@ -177,9 +180,7 @@ fn a_forgotten_monitor_is_found_again_before_each_poll() {
 #[test]
 fn a_device_removed_by_a_reload_is_never_polled_published_or_adopted_again() {
     let bluez = FakeBluez::start(&json!({"devices": [polled_bm6(A, "ok"), polled_bm6(B, "ok")]}));
-    let broker = Mosquitto::start();
-    let mut sub = Subscriber::connect(broker.port, "#");
-    let state = TempDir::new("state");
+    let (broker, mut sub, state) = site("#");
     let both = format!(
         "[discovery]\nscan_duration = 1\nperiodic_interval = 2\n\
          [[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 1\n\
@@ -232,9 +233,7 @@ fn stop_closes_every_link() {
         {"address": BM2, "name": "ZX-1689", "manufacturer": {},
          "replies": [to_hex(&devices::encrypt_frame(model("BM2"), &model("BM2").encode_gatt(&measurement(12.41, 60.0))))],
          "stream_ms": 100}]}));
-    let broker = Mosquitto::start();
-    let mut sub = Subscriber::connect(broker.port, "battery_hawk/device/#");
-    let state = TempDir::new("state");
+    let (broker, mut sub, state) = site("battery_hawk/device/#");
     let gw = start(
         &bluez,
         &gateway_config(
@@ -265,9 +264,7 @@ fn a_busy_neighbourhood_costs_one_look_per_foreign_device() {
          "adverts": phone_adverts, "advert_ms": 50},
         {"address": BM2, "name": "ZX-1689", "manufacturer": {},
          "adverts": [advert_hex("BM2", BM2, 12.83)], "advert_ms": 200}]}));
-    let broker = Mosquitto::start();
-    let mut sub = Subscriber::connect(broker.port, "battery_hawk/#");
-    let state = TempDir::new("state");
+    let (broker, mut sub, state) = site("battery_hawk/#");
     let gw = start(
         &bluez,
         &gateway_config(
@@ -326,9 +323,7 @@ fn real_monitor_behaviours_identification_newest_advert_and_ibeacon() {
     );
     assert!(row(phantom).is_none(), "the phantom is listed: {list}");
 
-    let broker = Mosquitto::start();
-    let mut sub = Subscriber::connect(broker.port, "battery_hawk/#");
-    let state = TempDir::new("state");
+    let (broker, mut sub, state) = site("battery_hawk/#");
     let gw = start(
         &bluez,
         &gateway_config(
