@@ -54,6 +54,15 @@ pub enum Notice {
         out: HistoryOut,
         synced: Option<crate::devices::history::Synced>,
     },
+    /// With `[cluster]`: what this gateway hears now (SPEC §6 `hears`), for the retained report.
+    Hears(Vec<HeardMonitor>),
+    /// With `[cluster]`: this gateway took a monitor (`rssi`: its smoothed RSSI as heard here) or let it go
+    /// (`held: false`, after its link closed).
+    Owner {
+        mac: Mac,
+        held: bool,
+        rssi: Option<i16>,
+    },
     /// The Bluetooth side changed state.
     Bluetooth(BluetoothState),
     /// A new configuration (SIGHUP), passed down the pipeline so each stage applies it in order.
@@ -172,6 +181,10 @@ pub enum Outbound {
     Removed(Removed),
     /// Records from a monitor's own log (SPEC §5.7), one batch of at most one day.
     History(HistoryOut),
+    /// With `[cluster]`: this gateway's retained `hears` report (SPEC §6).
+    Hears(HearsOut),
+    /// With `[cluster]`: the retained `P/device/{mac}/owner` announcement, or its clearing.
+    Owner(OwnerOut),
     Shutdown {
         reason: String,
     },
@@ -183,6 +196,56 @@ pub enum Outbound {
 pub struct HistoryOut {
     pub mac: Mac,
     pub records: Vec<crate::devices::history::Record>,
+}
+
+/// One monitor in a `hears` report (SPEC §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeardMonitor {
+    pub mac: Mac,
+    /// Smoothed RSSI (dBm) of its advertisements as heard by this gateway.
+    pub rssi: i16,
+    /// When it was last heard (wall clock, as the radio stamped it).
+    pub seen: DateTime<Utc>,
+}
+
+/// A `P/gateway/{gid}/hears` report (SPEC §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HearsOut {
+    pub at: DateTime<Utc>,
+    pub monitors: Vec<HeardMonitor>,
+}
+
+/// `P/device/{mac}/owner` (SPEC §6): `claim` is this gateway's announcement, `None` its release (the
+/// retained message is cleared).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnerOut {
+    pub mac: Mac,
+    pub claim: Option<OwnerClaim>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnerClaim {
+    /// dBm, smoothed, as heard by this gateway when it took the monitor.
+    pub rssi: Option<i16>,
+    /// When this gateway took the monitor.
+    pub since: DateTime<Utc>,
+}
+
+/// What the other gateways of a cluster said on the broker (SPEC §6), read by the MQTT stage for the BLE
+/// stage's ownership rule. Plain data: the MQTT stage alone parses topics and JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterFact {
+    /// The broker connection came up (subscriptions sent) or went down.
+    Broker { connected: bool },
+    /// `P/gateway/{gid}/availability`.
+    Availability { gateway: String, online: bool },
+    /// `P/gateway/{gid}/hears`: the smoothed RSSI (dBm) of each monitor that gateway hears.
+    Hears {
+        gateway: String,
+        monitors: Vec<(Mac, i16)>,
+    },
+    /// `P/device/{mac}/owner`: the gateway that announced itself, `None` when cleared.
+    Owner { mac: Mac, gateway: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

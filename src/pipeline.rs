@@ -79,13 +79,15 @@ impl Pipeline {
         let (ble_tx, ble_rx) = bounded(CHANNEL);
         let (fleet_tx, fleet_rx) = bounded(CHANNEL);
         let (out_tx, out_rx) = bounded(CHANNEL);
-        let mqtt = mqtt::spawn(&config, out_rx, started).map_err(PipelineError::Mqtt)?;
+        let inbox = ble::Inbox::new();
+        let mqtt =
+            mqtt::spawn(&config, out_rx, started, inbox.facts()).map_err(PipelineError::Mqtt)?;
         let bluetooth = ble::initial_state(&config);
         let fleet = fleet::spawn(Arc::clone(&config), registry, bluetooth, fleet_rx, out_tx)
             .map_err(PipelineError::Spawn)?;
         let decode = decode::spawn(ble_rx, fleet_tx).map_err(PipelineError::Spawn)?;
-        let ble =
-            BleStage::spawn(Arc::clone(&config), memory, ble_tx).map_err(PipelineError::Ble)?;
+        let ble = BleStage::spawn(Arc::clone(&config), memory, ble_tx, inbox)
+            .map_err(PipelineError::Ble)?;
         Ok(Pipeline {
             ble,
             decode,

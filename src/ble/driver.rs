@@ -62,6 +62,7 @@ pub(super) async fn drive<R: Radio>(
                     send(BleEvent::Notice(Notice::Stopping { reason }));
                     return;
                 }
+                Some(Command::Cluster(fact)) => scheduler.cluster_fact(fact, Instant::now()),
                 None => return,
             },
             event = radio.next() => {

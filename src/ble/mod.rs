@@ -19,7 +19,7 @@ mod scheduler;
 use crate::config::{Backend, Config};
 use crate::devices::Model;
 use crate::mac::Mac;
-use crate::messages::{BleEvent, BluetoothState, LinkError, RawFrame, Sighting};
+use crate::messages::{BleEvent, BluetoothState, ClusterFact, LinkError, RawFrame, Sighting};
 use crossbeam_channel::Sender;
 pub use scheduler::Memory;
 use scheduler::Scheduler;
@@ -34,7 +34,69 @@ pub use history::Download;
 #[derive(Debug)]
 enum Command {
     Reconfigure(Arc<Config>),
-    Stop { reason: String },
+    Stop {
+        reason: String,
+    },
+    /// What the other gateways of a cluster said on the broker (SPEC §6).
+    Cluster(ClusterFact),
+}
+
+/// Room in the BLE thread's inbox: cluster facts arrive in bursts at every broker connection (one
+/// retained owner per monitor, one report per gateway).
+const INBOX: usize = 4096;
+
+/// The BLE thread's inbox, made before the threads so that the MQTT stage can be handed a
+/// [`FactSender`] before the BLE thread starts.
+pub struct Inbox {
+    tx: tokio::sync::mpsc::Sender<Command>,
+    rx: tokio::sync::mpsc::Receiver<Command>,
+}
+
+impl Inbox {
+    pub fn new() -> Inbox {
+        let (tx, rx) = tokio::sync::mpsc::channel(INBOX);
+        Inbox { tx, rx }
+    }
+
+    /// A handle that delivers cluster facts to the BLE thread.
+    pub fn facts(&self) -> FactSender {
+        FactSender {
+            tx: self.tx.clone(),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox::new()
+    }
+}
+
+/// Delivers cluster facts to the BLE thread without ever blocking the caller (the MQTT stage).
+#[derive(Debug)]
+pub struct FactSender {
+    tx: tokio::sync::mpsc::Sender<Command>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl FactSender {
+    /// Hand `fact` over. If the BLE thread is gone, nothing happens; if its inbox is full (it is stuck),
+    /// the fact is dropped and counted: the first drop and every 1000th are logged.
+    pub fn send(&self, fact: ClusterFact) {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Command::Cluster(fact)) {
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n % 1000 == 0 {
+                log::warn!(
+                    "the BLE thread's inbox is full: {} cluster fact(s) dropped",
+                    n + 1
+                );
+            }
+        }
+    }
 }
 
 /// Why the BLE stage cannot start.
@@ -78,8 +140,9 @@ impl BleStage {
         config: Arc<Config>,
         memory: Memory,
         tx: Sender<BleEvent>,
+        inbox: Inbox,
     ) -> Result<BleStage, BleError> {
-        let (commands, rx) = tokio::sync::mpsc::channel(8);
+        let Inbox { tx: commands, rx } = inbox;
         let runtime = runtime()?;
         let thread = std::thread::Builder::new()
             .name("ble".into())

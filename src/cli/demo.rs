@@ -81,6 +81,7 @@ fn config(port: u16, state_dir: std::path::PathBuf) -> Config {
         capacity_ah: Some(ah),
         poll_interval: None,
         mode: Some(mode),
+        gateway: None,
     };
     c.devices = vec![
         device(

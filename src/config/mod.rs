@@ -7,7 +7,7 @@
 mod env;
 mod validate;
 
-pub use validate::{validate_prefix, validate_vehicle_id};
+pub use validate::{validate_gateway_id, validate_prefix, validate_vehicle_id};
 
 use crate::devices::Model;
 use crate::mac::Mac;
@@ -60,6 +60,7 @@ pub struct Config {
     pub simulation: Simulation,
     pub homeassistant: HomeAssistant,
     pub history: History,
+    pub cluster: Cluster,
     #[serde(rename = "vehicle", skip_serializing_if = "Vec::is_empty")]
     pub vehicles: Vec<VehicleConf>,
     #[serde(rename = "device", skip_serializing_if = "Vec::is_empty")]
@@ -291,6 +292,10 @@ pub struct Simulation {
     pub failure_rate: f64,
     /// Non-monitor devices advertising nearby (phones, watches), each every `interval_ms`.
     pub foreign_advertisers: u32,
+    /// A directory shared by the simulated gateways of one site (SPEC §7, §6): a monitor accepts one
+    /// central at a time across every gateway process using it (a lock file per monitor), and a second
+    /// connection attempt is refused as busy and written to `collisions.log` there. Empty: no site.
+    pub site_dir: String,
     /// Per-monitor behaviour on the simulated air (SPEC §7); monitors not listed behave well.
     #[serde(rename = "monitor", skip_serializing_if = "Vec::is_empty")]
     pub monitors: Vec<SimMonitor>,
@@ -302,6 +307,7 @@ impl Default for Simulation {
             interval_ms: 1000,
             failure_rate: 0.0,
             foreign_advertisers: 0,
+            site_dir: String::new(),
             monitors: Vec::new(),
         }
     }
@@ -365,6 +371,25 @@ impl Default for HomeAssistant {
             enabled: true,
             discovery_prefix: "homeassistant".into(),
             status_topic: "homeassistant/status".into(),
+        }
+    }
+}
+
+/// `[cluster]` (SPEC §6): several gateways sharing one topic prefix and one fleet through the broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    pub enabled: bool,
+    /// Seconds between this gateway's retained `hears` reports (SPEC §6: at most every 30 s; shorter only
+    /// for tests). A monitor not heard for three of these is no longer reported as heard.
+    pub report_interval: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            enabled: false,
+            report_interval: 30,
         }
     }
 }
@@ -453,6 +478,9 @@ pub struct DeviceConf {
     pub poll_interval: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// With `[cluster]`: the `gateway.id` that serves this monitor whenever it is online (SPEC §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl DeviceConf {

@@ -31,6 +31,11 @@ impl Config {
         if self.gateway.id.trim().is_empty() {
             return bad("gateway.id must not be empty".into());
         }
+        if self.cluster.enabled
+            && let Err(e) = validate_gateway_id(&self.gateway.id)
+        {
+            return bad(format!("gateway.id (with [cluster] enabled): {e}"));
+        }
         for (key, value, min, max) in self.bounded() {
             if !(min..=max).contains(&value) {
                 return bad(format!(
@@ -93,6 +98,18 @@ impl Config {
                     "{at}: poll_interval = {p} is out of range (allowed: 1 to {MAX_POLL_INTERVAL})"
                 ));
             }
+            if let Some(g) = &d.gateway {
+                if !self.cluster.enabled {
+                    return bad(format!(
+                        "{at}: gateway = \"{}\" pins the monitor to a gateway of a cluster: it needs \
+                         [cluster] enabled = true",
+                        g.escape_debug()
+                    ));
+                }
+                if let Err(e) = validate_gateway_id(g) {
+                    return bad(format!("{at}: gateway: {e}"));
+                }
+            }
             let mode = d.mode.unwrap_or(self.defaults.mode);
             if let Some(m) = d.model()
                 && mode == Mode::Passive
@@ -153,10 +170,16 @@ impl Config {
 
     /// Every bounded number of SPEC §4: (key, value, smallest, largest allowed). The upper bounds keep all
     /// deadline arithmetic far from overflow and catch typos (a poll interval of 30 years).
-    fn bounded(&self) -> [(&'static str, u64, u64, u64); 17] {
+    fn bounded(&self) -> [(&'static str, u64, u64, u64); 18] {
         const DAY: u64 = 86_400;
         [
             ("mqtt.port", u64::from(self.mqtt.port), 1, 65_535),
+            (
+                "cluster.report_interval",
+                self.cluster.report_interval,
+                2,
+                3_600,
+            ),
             ("mqtt.keepalive", self.mqtt.keepalive, 5, 65_535),
             ("mqtt.timeout", self.mqtt.timeout, 1, 3_600),
             ("mqtt.retries", u64::from(self.mqtt.retries), 1, 100),
@@ -267,6 +290,23 @@ pub fn validate_prefix(p: &str) -> Result<(), String> {
 }
 
 /// SPEC §1: `^[A-Za-z0-9_-]{1,64}$`.
+/// A gateway id used in topics (`P/gateway/{gid}/…`, SPEC §6): 1–64 of `A-Z a-z 0-9 _ - .` (a host name
+/// fits; `/`, `+`, `#` would break the topic tree).
+pub fn validate_gateway_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a valid gateway id (1-64 of A-Z a-z 0-9 _ - .)",
+            id.escape_debug()
+        ))
+    }
+}
+
 pub fn validate_vehicle_id(id: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&id.len())
         && id

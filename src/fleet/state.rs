@@ -9,9 +9,9 @@ use crate::config::{Config, Mode};
 use crate::devices::Model;
 use crate::mac::Mac;
 use crate::messages::{
-    AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, LatestReading,
-    LinkError, Notice, Outbound, ReadingOut, Removed, Sighting, SummaryDevice, SummaryOut,
-    SystemSnapshot,
+    AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, HearsOut,
+    LatestReading, LinkError, Notice, Outbound, OwnerClaim, OwnerOut, ReadingOut, Removed,
+    Sighting, SummaryDevice, SummaryOut, SystemSnapshot,
 };
 use crate::mqtt::clock::is_sane;
 use chrono::{DateTime, Utc};
@@ -63,6 +63,9 @@ pub struct Fleet {
     members: BTreeMap<String, Vec<Mac>>,
     counters: Counters,
     bluetooth: BluetoothState,
+    /// With `[cluster]`: the monitors this gateway holds (SPEC §6). Only their device status, and only the
+    /// summaries of vehicles whose lowest-MAC device is held, are published here.
+    held: BTreeSet<Mac>,
 }
 
 impl Fleet {
@@ -77,6 +80,7 @@ impl Fleet {
             members: BTreeMap::new(),
             counters: Counters::default(),
             bluetooth,
+            held: BTreeSet::new(),
         };
         fleet.rebuild();
         fleet
@@ -125,6 +129,12 @@ impl Fleet {
                     }
                 }
                 out.push(Outbound::History(batch));
+            }
+            FleetEvent::Notice(Notice::Hears(monitors)) => {
+                out.push(Outbound::Hears(HearsOut { at: now, monitors }));
+            }
+            FleetEvent::Notice(Notice::Owner { mac, held, rssi }) => {
+                self.on_owner(mac, held, rssi, now, &mut out)
             }
             FleetEvent::Notice(Notice::Bluetooth(state)) => {
                 if state != self.bluetooth {
@@ -214,8 +224,44 @@ impl Fleet {
             vehicle_id: vehicle_id.clone(),
             capacity_ah,
         }));
-        out.push(Outbound::DeviceStatus(self.status(mac, now)));
+        self.publish_status(mac, now, out);
         if let Some(v) = vehicle_id {
+            self.refresh_summary(&v, now, out);
+        }
+    }
+
+    /// Whether this gateway publishes for `mac`: always on its own; in a cluster, while it holds it.
+    fn serves(&self, mac: &Mac) -> bool {
+        !self.config.cluster.enabled || self.held.contains(mac)
+    }
+
+    fn publish_status(&self, mac: Mac, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        if self.serves(&mac) {
+            out.push(Outbound::DeviceStatus(self.status(mac, now)));
+        }
+    }
+
+    /// The BLE stage took (`held`) or let go of a monitor (SPEC §6): announce it on its owner topic, and
+    /// take over or leave its vehicle's summary.
+    fn on_owner(
+        &mut self,
+        mac: Mac,
+        held: bool,
+        rssi: Option<i16>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Outbound>,
+    ) {
+        let claim = if held {
+            self.held.insert(mac);
+            Some(OwnerClaim { rssi, since: now })
+        } else {
+            self.held.remove(&mac);
+            None
+        };
+        out.push(Outbound::Owner(OwnerOut { mac, claim }));
+        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
+            // A new summary owner publishes at once; the one that left forgets what it published.
+            self.published.remove(&v);
             self.refresh_summary(&v, now, out);
         }
     }
@@ -232,7 +278,7 @@ impl Fleet {
         live.attempted = true;
         live.error = Some((error.code(), error.message()));
         live.consecutive_failures = live.consecutive_failures.saturating_add(1);
-        out.push(Outbound::DeviceStatus(self.status(mac, now)));
+        self.publish_status(mac, now, out);
         if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
             self.refresh_summary(&v, now, out);
         }
@@ -375,12 +421,16 @@ impl Fleet {
             .iter()
             .filter(|m| !self.views.contains_key(m))
         {
-            out.push(Outbound::Removed(Removed::Device(*mac)));
+            // In a cluster, only the gateway serving it clears its state (another one may serve it).
+            if self.serves(mac) {
+                out.push(Outbound::Removed(Removed::Device(*mac)));
+            }
         }
         let vehicles = self.vehicle_ids();
         for gone in vehicles_before.difference(&vehicles) {
-            self.published.remove(gone);
-            out.push(Outbound::Removed(Removed::Vehicle(gone.clone())));
+            if self.published.remove(gone).is_some() || !self.config.cluster.enabled {
+                out.push(Outbound::Removed(Removed::Vehicle(gone.clone())));
+            }
         }
         for v in vehicles {
             self.refresh_summary(&v, now, out);
@@ -536,6 +586,11 @@ impl Fleet {
             .unwrap_or_else(|| vehicle.to_string());
         let mut capacity = 0.0;
         let members = self.members.get(vehicle).map_or(&[][..], Vec::as_slice);
+        // In a cluster, the owner of the vehicle's lowest-MAC device publishes its summary (SPEC §6);
+        // devices served by other gateways are listed as not yet tried here (not scored).
+        if self.config.cluster.enabled && members.first().is_none_or(|m| !self.held.contains(m)) {
+            return;
+        }
         let devices: Vec<SummaryDevice> = members
             .iter()
             .filter_map(|mac| {
@@ -547,12 +602,12 @@ impl Fleet {
                     mac: *mac,
                     name: view.name.clone(),
                     model: view.model.or(live.and_then(|l| l.model)),
-                    connected: live.is_some_and(|l| l.reachable),
+                    connected: live.is_some_and(|l| l.reachable) && self.serves(mac),
                     voltage: last.and_then(|r| r.measurement.voltage),
                     state_of_charge: last.and_then(|r| r.measurement.state_of_charge),
                     temperature: last.and_then(|r| r.measurement.temperature),
                     last_reading: last.map(|r| r.received_at),
-                    pending: live.is_none_or(|l| !l.attempted),
+                    pending: live.is_none_or(|l| !l.attempted) || !self.serves(mac),
                 })
             })
             .collect();

@@ -61,6 +61,8 @@ fn kinds(out: &[Outbound]) -> Vec<&'static str> {
             Outbound::System(_) => "system",
             Outbound::Removed(_) => "removed",
             Outbound::History(_) => "history",
+            Outbound::Hears(_) => "hears",
+            Outbound::Owner(_) => "owner",
             Outbound::Shutdown { .. } => "shutdown",
         })
         .collect()
@@ -372,4 +374,45 @@ fn an_unnamed_device_is_named_by_model_and_mac_tail() {
     };
     assert_eq!(name(&mut f, "AA:BB:CC:DD:EE:01"), "BM6 DD:EE:01");
     assert_eq!(name(&mut f, "AA:BB:CC:DD:EE:02"), "Monitor DD:EE:02");
+}
+
+fn owner(mac: &str, held: bool) -> FleetEvent {
+    FleetEvent::Notice(Notice::Owner {
+        mac: mac.parse().unwrap(),
+        held,
+        rssi: Some(-60),
+    })
+}
+
+#[test]
+fn in_a_cluster_only_held_monitors_and_the_lowest_macs_vehicle_are_published() {
+    let mut f = fleet(&format!("[cluster]\nenabled = true\n{TWO_IN_VAN}"));
+    let out = f.start(Utc::now());
+    assert_eq!(
+        kinds(&out),
+        ["associated", "associated", "system"],
+        "no summary: nothing held"
+    );
+    let second = "AA:BB:CC:DD:EE:02";
+    // Holding the second device only: its status, but the van's summary belongs to the first's owner.
+    let out = f.handle(owner(second, true), Utc::now());
+    assert_eq!(kinds(&out), ["owner"]);
+    let out = f.handle(reading(second, 12.6, 90.0, Source::Gatt), Utc::now());
+    assert_eq!(kinds(&out), ["discovered", "reading", "status"]);
+    // A failure of a device not held (a poll that ended after the release) publishes nothing.
+    let failed = FleetEvent::Notice(Notice::PollFailed {
+        mac: BM6.parse().unwrap(),
+        model: None,
+        error: LinkError::Timeout,
+    });
+    assert!(kinds(&f.handle(failed, Utc::now())).is_empty());
+    // Taking the lowest MAC makes this gateway the van's summary publisher.
+    let out = f.handle(owner(BM6, true), Utc::now());
+    assert_eq!(kinds(&out), ["owner", "summary"]);
+    let out = f.handle(owner(BM6, false), Utc::now());
+    assert_eq!(kinds(&out), ["owner"]);
+    let Outbound::Owner(o) = &out[0] else {
+        unreachable!()
+    };
+    assert!(o.claim.is_none(), "a release clears the owner topic");
 }

@@ -39,6 +39,8 @@ pub fn stamp(out: &Outbound) -> Option<DateTime<Utc>> {
         Outbound::System(s) => Some(s.at),
         // Reconstructed from the time of the read: the newest record carries it.
         Outbound::History(h) => h.records.iter().map(|r| r.timestamp).max(),
+        Outbound::Hears(h) => Some(h.at),
+        Outbound::Owner(o) => o.claim.as_ref().map(|c| c.since),
         Outbound::Removed(_) | Outbound::Shutdown { .. } => None,
     }
 }
@@ -70,6 +72,15 @@ fn shift(out: &mut Outbound, delta: TimeDelta) {
         Outbound::Discovered(s) => fix(&mut s.at),
         Outbound::System(s) => fix(&mut s.at),
         Outbound::History(h) => h.records.iter_mut().for_each(|r| fix(&mut r.timestamp)),
+        Outbound::Hears(h) => {
+            fix(&mut h.at);
+            h.monitors.iter_mut().for_each(|m| fix(&mut m.seen));
+        }
+        Outbound::Owner(o) => {
+            if let Some(c) = o.claim.as_mut() {
+                fix(&mut c.since);
+            }
+        }
         Outbound::Removed(_) | Outbound::Shutdown { .. } => {}
     }
 }

@@ -124,6 +124,11 @@ impl HomeAssistant {
             Outbound::Removed(Removed::Device(mac)) if self.monitors.remove(mac).is_some() => {
                 msgs.push(self.empty(&object_id(&["battery_hawk", &mac_id(*mac)])));
             }
+            // Another gateway of the cluster serves it now and re-publishes its config (SPEC §6): forget
+            // it without clearing, so that taking it back re-publishes ours.
+            Outbound::Owner(o) if o.claim.is_none() => {
+                self.monitors.remove(&o.mac);
+            }
             Outbound::Removed(Removed::Vehicle(id)) if self.vehicles.remove(id).is_some() => {
                 msgs.push(self.empty(&object_id(&["battery_hawk_vehicle", id])));
             }

@@ -95,12 +95,9 @@ pub fn spawn(
     config: &Config,
     rx: Receiver<Outbound>,
     started: Instant,
+    facts: crate::ble::FactSender,
 ) -> Result<MqttStage, MqttError> {
-    let renderer = Renderer::new(
-        &config.mqtt.topic_prefix,
-        &config.gateway.id,
-        config.mqtt.qos,
-    );
+    let renderer = Renderer::for_config(config);
     if !config.mqtt.enabled {
         log::warn!("mqtt.enabled = false: nothing will be published");
         let (end_tx, ended) = bounded::<()>(0);
@@ -142,7 +139,10 @@ pub fn spawn(
             &config.gateway.id,
         )
     });
-    let stage = OutboxStage::new(config, client, ha, outbox(config), renderer, started);
+    let mut stage = OutboxStage::new(config, client, ha, outbox(config), renderer, started);
+    if config.cluster.enabled {
+        stage = stage.with_cluster(facts);
+    }
     let (end_tx, ended) = bounded::<()>(0);
     let outbox = std::thread::Builder::new()
         .name("mqtt".into())

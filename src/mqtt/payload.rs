@@ -1,12 +1,12 @@
 //! Every payload the gateway publishes (SPEC §2), built in this one place, with its topic, QoS and retain
 //! flag (SPEC §1). Pure functions: what goes in is plain data, what comes out is a [`Message`].
 
-use super::topics::Topics;
+use super::topics::{ClusterTopic, Topics};
 use crate::devices::{Measurement, Model, Source, to_hex};
 use crate::fleet::summary::round2;
 use crate::messages::{
-    AssociationOut, DeviceStatusOut, HistoryOut, LatestReading, Outbound, ReadingOut, Removed,
-    Sighting, SummaryOut, SystemSnapshot,
+    AssociationOut, ClusterFact, DeviceStatusOut, HearsOut, HistoryOut, LatestReading, Outbound,
+    OwnerOut, ReadingOut, Removed, Sighting, SummaryOut, SystemSnapshot,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -55,6 +55,68 @@ pub struct Renderer {
     pub topics: Topics,
     gateway_id: String,
     qos: u8,
+}
+
+/// A cluster fact from its topic and payload: availability `online`/`offline`; a `hears` report (its
+/// `monitors` object, RSSI -127..=20 dBm; an empty payload: no report); an owner announcement (its
+/// `gateway_id`; an empty payload: nobody).
+fn parse_cluster_fact(which: ClusterTopic, payload: &[u8]) -> Result<ClusterFact, String> {
+    match which {
+        ClusterTopic::Availability(gateway) => match payload {
+            b"online" => Ok(ClusterFact::Availability {
+                gateway,
+                online: true,
+            }),
+            b"offline" | b"" => Ok(ClusterFact::Availability {
+                gateway,
+                online: false,
+            }),
+            _ => Err("availability is neither `online` nor `offline`".into()),
+        },
+        ClusterTopic::Hears(gateway) => {
+            if payload.is_empty() {
+                return Ok(ClusterFact::Hears {
+                    gateway,
+                    monitors: Vec::new(),
+                });
+            }
+            let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+            let Some(monitors) = v.get("monitors").and_then(Value::as_object) else {
+                return Err("no `monitors` object".into());
+            };
+            let mut heard = Vec::with_capacity(monitors.len());
+            for (mac, m) in monitors {
+                let mac = mac
+                    .parse()
+                    .map_err(|_| format!("`{}` is not a MAC address", mac.escape_debug()))?;
+                let rssi = m
+                    .get("rssi")
+                    .and_then(Value::as_i64)
+                    .filter(|r| (-127..=20).contains(r))
+                    .ok_or_else(|| format!("{mac}: no rssi in -127..=20"))?;
+                heard.push((mac, rssi as i16));
+            }
+            Ok(ClusterFact::Hears {
+                gateway,
+                monitors: heard,
+            })
+        }
+        ClusterTopic::Owner(mac) => {
+            if payload.is_empty() {
+                return Ok(ClusterFact::Owner { mac, gateway: None });
+            }
+            let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+            let gateway = v
+                .get("gateway_id")
+                .and_then(Value::as_str)
+                .filter(|g| crate::config::validate_gateway_id(g).is_ok())
+                .ok_or("no valid `gateway_id`")?;
+            Ok(ClusterFact::Owner {
+                mac,
+                gateway: Some(gateway.to_string()),
+            })
+        }
+    }
 }
 
 /// RFC 3339 UTC with milliseconds and `Z`.
@@ -199,6 +261,20 @@ impl Renderer {
         }
     }
 
+    /// The renderer for `config`: a cluster's system topics are per gateway (SPEC §6).
+    pub fn for_config(config: &crate::config::Config) -> Renderer {
+        let (prefix, id) = (&config.mqtt.topic_prefix, &config.gateway.id);
+        Renderer {
+            topics: if config.cluster.enabled {
+                Topics::cluster(prefix, id)
+            } else {
+                Topics::new(prefix)
+            },
+            gateway_id: id.clone(),
+            qos: config.mqtt.qos,
+        }
+    }
+
     /// The message for `out`; `System` needs the MQTT stage's own figures, asked for only then.
     pub fn render(&self, out: &Outbound, local: impl FnOnce() -> LocalStatus) -> Message {
         match out {
@@ -210,6 +286,8 @@ impl Renderer {
             Outbound::System(s) => self.system_status(s, &local()),
             Outbound::Removed(r) => self.removed(r),
             Outbound::History(h) => self.history(h),
+            Outbound::Hears(h) => self.hears(h),
+            Outbound::Owner(o) => self.owner(o),
             Outbound::Shutdown { reason } => self.shutdown(reason, Utc::now()),
         }
     }
@@ -412,6 +490,53 @@ impl Renderer {
             "records": records,
         });
         self.message(self.topics.history(h.mac), &body, self.qos, Kind::Reading)
+    }
+
+    /// `P/gateway/{gid}/hears` (SPEC §6): `{"timestamp", "monitors": {"AA:…": {"rssi", "seen"}}}`, QoS 1,
+    /// retained.
+    pub fn hears(&self, h: &HearsOut) -> Message {
+        let monitors: Map<String, Value> = h
+            .monitors
+            .iter()
+            .map(|m| {
+                (
+                    m.mac.to_string(),
+                    json!({"rssi": m.rssi, "seen": timestamp(m.seen)}),
+                )
+            })
+            .collect();
+        let body = json!({"timestamp": timestamp(h.at), "monitors": monitors});
+        self.message(self.topics.hears(), &body, 1, Kind::State)
+    }
+
+    /// `P/device/{mac}/owner` (SPEC §6): `{"gateway_id","rssi","since"}`, QoS 1, retained; a release
+    /// clears it (empty retained payload).
+    pub fn owner(&self, o: &OwnerOut) -> Message {
+        let topic = self.topics.owner(o.mac);
+        match &o.claim {
+            Some(c) => {
+                let body = json!({
+                    "gateway_id": self.gateway_id,
+                    "rssi": c.rssi,
+                    "since": timestamp(c.since),
+                });
+                self.message(topic, &body, 1, Kind::State)
+            }
+            None => Message {
+                topic,
+                payload: Vec::new(),
+                qos: 1,
+                retain: true,
+                kind: Kind::State,
+            },
+        }
+    }
+
+    /// What a cluster topic's payload says, if it is well formed (SPEC §6); `None` with a reason for
+    /// anything else (a foreign or damaged retained message is ignored, never trusted).
+    pub fn cluster_fact(&self, topic: &str, payload: &[u8]) -> Option<Result<ClusterFact, String>> {
+        let which = self.topics.parse_cluster(topic)?;
+        Some(parse_cluster_fact(which, payload))
     }
 
     pub fn shutdown(&self, reason: &str, at: DateTime<Utc>) -> Message {

@@ -11,8 +11,9 @@ use super::link::{Diagnosis, Finding, IN_A_ROW, Loss};
 use super::outbox::Outbox;
 use super::payload::{self, LocalStatus, Message, Renderer};
 use super::{HA_GRACE, INPUT_BATCH, WINDOW};
+use crate::ble::FactSender;
 use crate::config::Config;
-use crate::messages::{Outbound, SystemSnapshot};
+use crate::messages::{ClusterFact, Outbound, SystemSnapshot};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, never, select};
 use rumqttc::{Client, ClientError, QoS};
@@ -57,6 +58,10 @@ pub struct OutboxStage {
     clock_wait: Duration,
     /// The newest retained device status / vehicle summary per topic, for [`Self::republish_retained`].
     retained: BTreeMap<String, Message>,
+    /// With `[cluster]`: where the other gateways' facts go (the BLE stage's ownership rule, SPEC §6).
+    cluster: Option<FactSender>,
+    /// A malformed cluster message was logged (once per run; later ones at debug).
+    cluster_bad_logged: bool,
 }
 
 impl OutboxStage {
@@ -98,7 +103,16 @@ impl OutboxStage {
             clock_wait: Duration::from_secs(config.gateway.clock_wait),
             refresh_at: (!config.mqtt.retain)
                 .then(|| Instant::now() + Duration::from_secs(config.mqtt.status_interval)),
+            cluster: None,
+            cluster_bad_logged: false,
         }
+    }
+
+    /// Take part in a cluster (SPEC §6): subscribe to the other gateways' facts at every connection and
+    /// hand them, and the connection's state, to `facts`.
+    pub fn with_cluster(mut self, facts: FactSender) -> OutboxStage {
+        self.cluster = Some(facts);
+        self
     }
 
     pub fn run(mut self, rx: &Receiver<Outbound>, net: &Receiver<Net>) {
@@ -273,7 +287,11 @@ impl OutboxStage {
         }
         if matches!(
             out,
-            Outbound::DeviceStatus(_) | Outbound::Summary(_) | Outbound::Removed(_)
+            Outbound::DeviceStatus(_)
+                | Outbound::Summary(_)
+                | Outbound::Removed(_)
+                | Outbound::Hears(_)
+                | Outbound::Owner(_)
         ) {
             self.remember(&msg);
         }
@@ -304,6 +322,9 @@ impl OutboxStage {
                 }
                 self.ever_down = true;
                 self.connected = false;
+                if let Some(c) = &self.cluster {
+                    c.send(ClusterFact::Broker { connected: false });
+                }
                 let in_flight = self.outbox.connection_lost(loss == Loss::Closed);
                 let _ = ack.send(());
                 if loss == Loss::IncomingTooLarge && !self.ha_status_off {
@@ -342,9 +363,33 @@ impl OutboxStage {
                 log::warn!("cannot subscribe to Home Assistant's status: {e}");
             }
         }
+        if let Some(c) = &self.cluster {
+            for filter in self.renderer.topics.cluster_subscriptions() {
+                if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    log::warn!("cannot subscribe to {filter}: {e}");
+                }
+            }
+            c.send(ClusterFact::Broker { connected: true });
+        }
     }
 
     fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(c) = &self.cluster
+            && let Some(fact) = self.renderer.cluster_fact(topic, payload)
+        {
+            match fact {
+                Ok(fact) => c.send(fact),
+                Err(why) if !self.cluster_bad_logged => {
+                    self.cluster_bad_logged = true;
+                    log::warn!(
+                        "ignoring a malformed cluster message on {topic}: {why} (further ones are \
+                         logged at debug)"
+                    );
+                }
+                Err(why) => log::debug!("ignoring a malformed cluster message on {topic}: {why}"),
+            }
+            return;
+        }
         if self.ha.as_ref().is_none_or(|h| h.status_topic() != topic) {
             return;
         }

@@ -6,12 +6,69 @@ use crate::mac::Mac;
 #[derive(Debug, Clone)]
 pub struct Topics {
     prefix: String,
+    /// Where the system topics live: `P/system`, or `P/gateway/{gid}` in a cluster (SPEC §6).
+    system: String,
+}
+
+/// A topic of another gateway of the cluster that the gateway subscribes to (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterTopic {
+    Availability(String),
+    Hears(String),
+    Owner(Mac),
 }
 
 impl Topics {
+    /// The topics of a gateway on its own.
     pub fn new(prefix: &str) -> Topics {
         Topics {
             prefix: prefix.to_string(),
+            system: format!("{prefix}/system"),
+        }
+    }
+
+    /// The topics of gateway `gateway_id` in a cluster (SPEC §6): system topics under
+    /// `P/gateway/{gid}/`, device and vehicle topics shared.
+    pub fn cluster(prefix: &str, gateway_id: &str) -> Topics {
+        Topics {
+            prefix: prefix.to_string(),
+            system: format!("{prefix}/gateway/{gateway_id}"),
+        }
+    }
+
+    /// The retained `hears` report of this gateway (cluster only).
+    pub fn hears(&self) -> String {
+        format!("{}/hears", self.system)
+    }
+    /// The retained owner announcement of a monitor (cluster only).
+    pub fn owner(&self, mac: Mac) -> String {
+        format!("{}/device/{mac}/owner", self.prefix)
+    }
+    /// What a gateway of a cluster subscribes to: every gateway's availability and `hears`, every
+    /// monitor's owner (QoS 1: these are retained facts, a lost one would stall a hand-over).
+    pub fn cluster_subscriptions(&self) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}/gateway/+/availability"),
+            format!("{p}/gateway/+/hears"),
+            format!("{p}/device/+/owner"),
+        ]
+    }
+    /// Which cluster fact `topic` carries, if any.
+    pub fn parse_cluster(&self, topic: &str) -> Option<ClusterTopic> {
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["gateway", gid, "availability"] if !gid.is_empty() => {
+                Some(ClusterTopic::Availability((*gid).to_string()))
+            }
+            ["gateway", gid, "hears"] if !gid.is_empty() => {
+                Some(ClusterTopic::Hears((*gid).to_string()))
+            }
+            ["device", mac, "owner"] => mac.parse().ok().map(ClusterTopic::Owner),
+            _ => None,
         }
     }
 
@@ -32,13 +89,13 @@ impl Topics {
         format!("{}/vehicle/{vehicle}/device_associated", self.prefix)
     }
     pub fn system_status(&self) -> String {
-        format!("{}/system/status", self.prefix)
+        format!("{}/status", self.system)
     }
     pub fn availability(&self) -> String {
-        format!("{}/system/availability", self.prefix)
+        format!("{}/availability", self.system)
     }
     pub fn shutdown(&self) -> String {
-        format!("{}/system/shutdown", self.prefix)
+        format!("{}/shutdown", self.system)
     }
     pub fn discovery(&self) -> String {
         format!("{}/discovery/found", self.prefix)
@@ -86,5 +143,38 @@ mod tests {
         let subs = t.subscriptions(0);
         assert_eq!(subs[0], ("home/battery_hawk/device/#".to_string(), 0));
         assert_eq!(subs[4], ("home/battery_hawk/system/status".to_string(), 2));
+    }
+
+    #[test]
+    fn cluster_topics_are_per_gateway_for_the_system_only() {
+        let t = Topics::cluster("p", "garage");
+        let mac: Mac = "aa:bb:cc:dd:ee:ff".parse().unwrap();
+        assert_eq!(t.system_status(), "p/gateway/garage/status");
+        assert_eq!(t.availability(), "p/gateway/garage/availability");
+        assert_eq!(t.shutdown(), "p/gateway/garage/shutdown");
+        assert_eq!(t.hears(), "p/gateway/garage/hears");
+        assert_eq!(t.owner(mac), "p/device/AA:BB:CC:DD:EE:FF/owner");
+        assert_eq!(t.status(mac), "p/device/AA:BB:CC:DD:EE:FF/status");
+        assert_eq!(
+            t.parse_cluster("p/gateway/house/availability"),
+            Some(ClusterTopic::Availability("house".into()))
+        );
+        assert_eq!(
+            t.parse_cluster("p/gateway/house/hears"),
+            Some(ClusterTopic::Hears("house".into()))
+        );
+        assert_eq!(
+            t.parse_cluster("p/device/AA:BB:CC:DD:EE:FF/owner"),
+            Some(ClusterTopic::Owner(mac))
+        );
+        for other in [
+            "p/device/nonsense/owner",
+            "p/gateway//hears",
+            "p/gateway/house/status",
+            "q/gateway/house/hears",
+            "p/gateway/a/b/hears",
+        ] {
+            assert_eq!(t.parse_cluster(other), None, "{other}");
+        }
     }
 }

@@ -54,6 +54,15 @@ pub(super) struct Dev {
     /// Its log could not be read at all (no reply to the history request): not asked again in this run,
     /// so a monitor whose firmware ignores the request does not hold the link for it every time.
     pub(super) history_off: bool,
+    /// This gateway may connect to it and publish for it: always without `[cluster]`; with it, while the
+    /// ownership rule gives it to this gateway (SPEC §6).
+    pub(super) held: bool,
+    /// Let go of, and the release not yet announced (a link to it was still open).
+    pub(super) releasing: bool,
+    /// Smoothed RSSI of its advertisements (dBm), for the cluster's `hears` reports.
+    pub(super) rssi_avg: Option<f32>,
+    /// When it was last heard, by the radio's wall-clock stamp.
+    pub(super) seen_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Dev {
@@ -92,6 +101,10 @@ impl Dev {
             synced: None,
             last_sync: None,
             history_off: false,
+            held: true,
+            releasing: false,
+            rssi_avg: None,
+            seen_at: None,
         }
     }
 
@@ -106,6 +119,9 @@ impl Dev {
 
     /// This device's own next deadline, if it has one.
     pub(super) fn deadline(&self) -> Option<Instant> {
+        if !self.held {
+            return None;
+        }
         let pending = self
             .pending
             .as_ref()

@@ -49,8 +49,11 @@ impl Scheduler {
             mode.as_str()
         );
         self.known.insert(mac);
-        self.devices
-            .insert(mac, Dev::new(Some(id.model), mode, interval, true, now));
+        self.devices.insert(mac, {
+            let mut d = Dev::new(Some(id.model), mode, interval, true, now);
+            d.held = self.cluster.is_none();
+            d
+        });
         self.emit(Notice::Adopted {
             mac,
             model: id.model,
@@ -96,8 +99,9 @@ impl Scheduler {
             }
             None => return,
         };
-        if d.last_emit
-            .is_some_and(|t| now < t + d.interval - slack(d.interval))
+        if !d.held
+            || d.last_emit
+                .is_some_and(|t| now < t + d.interval - slack(d.interval))
         {
             return;
         }

@@ -14,6 +14,7 @@
 //! adoption, forgetting, passive readings); `history.rs` the log downloads; `scan.rs` when discovery runs;
 //! `stream.rs` stream links.
 
+mod cluster;
 mod device;
 mod heard;
 mod history;
@@ -78,6 +79,8 @@ pub struct Scheduler {
     scan_retry: Option<Instant>,
     /// After [`Scheduler::stop`]: nothing starts any more.
     stopping: bool,
+    /// With `[cluster]`: the facts and rule that say which monitors this gateway holds (SPEC §6).
+    cluster: Option<cluster::Cluster>,
     out: Vec<Action>,
 }
 
@@ -102,12 +105,14 @@ impl Scheduler {
             next_scan: None,
             scan_retry: None,
             stopping: false,
+            cluster: cluster::Cluster::new(&config, now),
             out: Vec::new(),
             config: Arc::clone(&config),
         };
         let interval = secs(config.defaults.poll_interval);
         for (mac, model) in auto {
             let mut d = Dev::new(model, config.discovery.auto_mode, interval, true, now);
+            d.held = !config.cluster.enabled;
             // Forgetting counts from the start of this run: the registry does not keep sightings.
             d.last_heard = Some(now);
             s.devices.insert(mac, d);
@@ -144,7 +149,8 @@ impl Scheduler {
             .filter(|_| up)
             .filter_map(Dev::deadline);
         let forget = self.forget_deadlines();
-        scans.chain(devices).chain(forget).min()
+        let cluster = self.cluster_deadline();
+        scans.chain(devices).chain(forget).chain(cluster).min()
     }
 
     /// Whether the radio should read the details of a device it hears (false for addresses found not to
@@ -205,6 +211,7 @@ impl Scheduler {
             return;
         }
         self.scan_windows(now);
+        self.cluster_step(now);
         if self.adapter_up() {
             self.forget(now);
             let macs: Vec<Mac> = self.devices.keys().copied().collect();
@@ -261,6 +268,7 @@ impl Scheduler {
         // discovery receives the device) or a change signal shows the device is on the air now.
         if h.rssi.is_some() || h.fresh {
             d.last_heard = Some(now);
+            d.seen_at = Some(h.at);
         }
         if h.rssi.is_some() {
             d.rssi = h.rssi;
@@ -274,7 +282,14 @@ impl Scheduler {
             d.phase = Phase::Queued { since: now };
             changed = true;
         }
-        if d.mode == Mode::Passive {
+        if let Some(rssi) = h.rssi {
+            self.cluster_heard(mac, rssi);
+        }
+        if self
+            .devices
+            .get(&mac)
+            .is_some_and(|d| d.mode == Mode::Passive)
+        {
             self.passive_advert(mac, &h, now);
         }
         // Most adverts change no phase: only then is the fleet-wide work (slots, scanning) redone.
@@ -450,8 +465,9 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    self.devices
-                        .insert(c.mac, Dev::new(model, mode, interval, false, now));
+                    let mut d = Dev::new(model, mode, interval, false, now);
+                    d.held = self.cluster.is_none();
+                    self.devices.insert(c.mac, d);
                 }
             }
             self.known.insert(c.mac);
@@ -463,6 +479,9 @@ impl Scheduler {
         let Some(d) = self.devices.get_mut(&mac) else {
             return;
         };
+        if !d.held {
+            return;
+        }
         if let Some(t) = d.last_emit
             && d.pending.is_some()
             && now >= t + d.interval

@@ -41,13 +41,15 @@ impl Scheduler {
         }
     }
 
-    /// Discovery runs while a scan window is open, any device is passive, or any device is being found
-    /// (and not while a refused start waits for its retry).
+    /// Discovery runs while a scan window is open, any device is passive, any device is being found, or
+    /// always with `[cluster]` (every gateway must keep hearing every monitor to report it: SPEC §6) — and
+    /// not while a refused start waits for its retry.
     pub(super) fn steer_discovery(&mut self) {
         let wanted = self.adapter_up()
             && !self.stopping
             && self.scan_retry.is_none()
             && (self.scan_until.is_some()
+                || (self.cluster.is_some() && !self.devices.is_empty())
                 || self
                     .devices
                     .values()

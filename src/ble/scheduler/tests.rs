@@ -633,3 +633,6 @@ fn a_monitor_whose_log_cannot_be_read_is_not_asked_again_in_the_run() {
 
 #[path = "proptests.rs"]
 mod proptests;
+
+#[path = "cluster_tests.rs"]
+mod cluster;
