@@ -57,11 +57,13 @@ pub enum Notice {
     /// With `[cluster]`: what this gateway hears now (SPEC §6 `hears`), for the retained report.
     Hears(Vec<HeardMonitor>),
     /// With `[cluster]`: this gateway took a monitor (`rssi`: its smoothed RSSI as heard here) or let it go
-    /// (`held: false`, after its link closed).
+    /// (`held: false`, after its link closed; `clear`: the retained owner still names this gateway and is
+    /// to be cleared — never when it names another one).
     Owner {
         mac: Mac,
         held: bool,
         rssi: Option<i16>,
+        clear: bool,
     },
     /// The Bluetooth side changed state.
     Bluetooth(BluetoothState),

@@ -133,9 +133,12 @@ impl Fleet {
             FleetEvent::Notice(Notice::Hears(monitors)) => {
                 out.push(Outbound::Hears(HearsOut { at: now, monitors }));
             }
-            FleetEvent::Notice(Notice::Owner { mac, held, rssi }) => {
-                self.on_owner(mac, held, rssi, now, &mut out)
-            }
+            FleetEvent::Notice(Notice::Owner {
+                mac,
+                held,
+                rssi,
+                clear,
+            }) => self.on_owner(mac, held, rssi, clear, now, &mut out),
             FleetEvent::Notice(Notice::Bluetooth(state)) => {
                 if state != self.bluetooth {
                     self.bluetooth = state;
@@ -248,17 +251,20 @@ impl Fleet {
         mac: Mac,
         held: bool,
         rssi: Option<i16>,
+        clear: bool,
         now: DateTime<Utc>,
         out: &mut Vec<Outbound>,
     ) {
-        let claim = if held {
+        if held {
             self.held.insert(mac);
-            Some(OwnerClaim { rssi, since: now })
+            let claim = Some(OwnerClaim { rssi, since: now });
+            out.push(Outbound::Owner(OwnerOut { mac, claim }));
         } else {
             self.held.remove(&mac);
-            None
-        };
-        out.push(Outbound::Owner(OwnerOut { mac, claim }));
+            if clear {
+                out.push(Outbound::Owner(OwnerOut { mac, claim: None }));
+            }
+        }
         if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
             // A new summary owner publishes at once; the one that left forgets what it published.
             self.published.remove(&v);

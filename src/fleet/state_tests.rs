@@ -381,6 +381,7 @@ fn owner(mac: &str, held: bool) -> FleetEvent {
         mac: mac.parse().unwrap(),
         held,
         rssi: Some(-60),
+        clear: true,
     })
 }
 

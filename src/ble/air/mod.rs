@@ -13,6 +13,7 @@
 //! Must never: decide anything the scheduler decides, or decode a frame.
 
 mod monitor;
+mod site;
 
 use super::radio::{Radio, RadioEvent};
 use super::scheduler::{Action, Heard, PollOutcome};
@@ -75,6 +76,8 @@ pub struct Air {
     outcomes: HashMap<(Mac, u64), PollOutcome>,
     /// The origin of the [`TICK`] grid.
     epoch: Instant,
+    /// The central slots shared with the other gateways of a site (`simulation.site_dir`).
+    site: Option<site::Site>,
 }
 
 impl Air {
@@ -91,6 +94,7 @@ impl Air {
             rng: fastrand::Rng::with_seed(0x5eed),
             outcomes: HashMap::new(),
             epoch: Instant::now(),
+            site: site::Site::new(&config.simulation.site_dir, &config.gateway.id),
         };
         air.place(&config);
         air
@@ -215,7 +219,7 @@ impl Air {
             (latency, Err(LinkError::NotFound))
         } else if !p.behaviour.connectable || fails {
             (timeout, Err(LinkError::Timeout))
-        } else if p.behaviour.busy {
+        } else if p.behaviour.busy || self.site.as_mut().is_some_and(|s| !s.connect(mac)) {
             (latency, Err(LinkError::Busy))
         } else if !p.behaviour.answers {
             (latency + wait, Err(LinkError::NoData))
@@ -285,11 +289,13 @@ impl Air {
                     && p.link == generation
                 {
                     p.link = 0;
+                    self.disconnect(mac);
                 }
                 Some(RadioEvent::PollDone(mac, outcome))
             }
             Due::Stream(mac, generation) => {
                 if let Some(outcome) = self.outcomes.remove(&(mac, generation)) {
+                    self.disconnect(mac);
                     let error = outcome.result.err().unwrap_or(LinkError::NoData);
                     return Some(RadioEvent::StreamEnded(mac, error));
                 }
@@ -378,6 +384,7 @@ impl Radio for Air {
                     p.link = 0;
                     p.streaming = false;
                 }
+                self.disconnect(mac);
             }
             Action::Emit(_) => {}
         }
@@ -393,11 +400,21 @@ impl Radio for Air {
             p.link = 0;
             p.streaming = false;
         }
+        if let Some(s) = self.site.as_mut() {
+            s.disconnect_all();
+        }
         self.scanning = false;
     }
 }
 
 impl Air {
+    /// The link to `mac` ended: free its central slot on a shared site.
+    fn disconnect(&mut self, mac: Mac) {
+        if let Some(s) = self.site.as_mut() {
+            s.disconnect(mac);
+        }
+    }
+
     /// The air reports itself available once, first.
     fn started_reported(&mut self) -> bool {
         std::mem::replace(&mut self.reported, true)

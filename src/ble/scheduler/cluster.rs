@@ -59,7 +59,9 @@ pub struct Cluster {
     broker_up: bool,
     /// Until then, the retained facts of a new broker connection may still be arriving: nothing is taken.
     settling_until: Option<Instant>,
-    online: BTreeMap<String, bool>,
+    /// The other gateways online, since when (an offline one is dropped with its reports: back online, it
+    /// reports afresh).
+    online: BTreeMap<String, Instant>,
     others: BTreeMap<String, Reports>,
     mine: Reports,
     /// The retained `P/device/{mac}/owner` as last read (or as this gateway last set it).
@@ -68,6 +70,8 @@ pub struct Cluster {
     last_report: Option<Instant>,
     /// A monitor heard that the latest own report does not list: report early.
     early: bool,
+    /// Set by each step from [`Cluster::waiting_for_reports`]: nothing is taken before it.
+    reports_due: Option<Instant>,
 }
 
 impl Cluster {
@@ -86,6 +90,7 @@ impl Cluster {
                 + FIRST_REPORT.min(Duration::from_secs(config.cluster.report_interval)),
             last_report: None,
             early: false,
+            reports_due: None,
         })
     }
 
@@ -98,7 +103,12 @@ impl Cluster {
                 self.settling_until = connected.then_some(now + SETTLE);
             }
             ClusterFact::Availability { gateway, online } if gateway != self.me => {
-                self.online.insert(gateway, online);
+                if online {
+                    self.online.entry(gateway).or_insert(now);
+                } else {
+                    self.online.remove(&gateway);
+                    self.others.remove(&gateway);
+                }
             }
             ClusterFact::Hears { gateway, monitors } if gateway != self.me => {
                 self.others
@@ -124,7 +134,7 @@ impl Cluster {
         if gateway == self.me {
             self.broker_up
         } else {
-            self.online.get(gateway).copied().unwrap_or(false)
+            self.online.contains_key(gateway)
         }
     }
 
@@ -182,11 +192,27 @@ impl Cluster {
             && c_previous.is_some_and(|p| p >= o_previous.saturating_add(HYSTERESIS_DB))
     }
 
+    /// Until then, an online gateway that has not reported yet may still hear better than this one: the
+    /// rule is not applied to take anything (`None`: every online gateway has reported, or was given
+    /// [`HEARD_REPORTS`] intervals to and did not).
+    fn waiting_for_reports(&self, now: Instant) -> Option<Instant> {
+        let mine = self.last_report.is_none().then_some(self.next_report);
+        let others = self
+            .online
+            .iter()
+            .filter(|(g, _)| !self.others.contains_key(*g))
+            .map(|(_, since)| *since + self.every * HEARD_REPORTS)
+            .filter(|t| *t > now);
+        mine.into_iter().chain(others).min()
+    }
+
     /// Whether this gateway may take a monitor now: connected long enough for the retained facts to have
-    /// arrived, and the retained owner is nobody, this gateway, or a gateway that is offline.
+    /// arrived, every online gateway reported, and the retained owner is nobody, this gateway, or a
+    /// gateway that is offline.
     fn may_take(&self, mac: Mac) -> bool {
         self.broker_up
             && self.settling_until.is_none()
+            && self.reports_due.is_none()
             && self
                 .owners
                 .get(&mac)
@@ -203,7 +229,7 @@ impl Cluster {
     /// The next instant something is due: a report, an early report, the end of settling. Each is
     /// cleared or moved on when it passes, so this is never in the past after a step.
     fn deadline(&self) -> Instant {
-        let settle = self.settling_until;
+        let settle = self.settling_until.or(self.reports_due);
         let early = self.early.then(|| {
             self.last_report
                 .map_or(self.next_report, |t| t + EARLY_REPORT_GAP)
@@ -273,13 +299,17 @@ impl Scheduler {
         if c.settling_until.is_some_and(|t| now >= t) {
             c.settling_until = None;
         }
-        let early_due = c.early && c.last_report.is_none_or(|t| now >= t + EARLY_REPORT_GAP);
+        // The first report waits for [`FIRST_REPORT`] (time to hear every monitor once); after it, a newly
+        // heard monitor is reported early.
+        let early_due = c.early && c.last_report.is_some_and(|t| now >= t + EARLY_REPORT_GAP);
         if now >= c.next_report || early_due {
             self.report(now);
         }
-        let Some(c) = self.cluster.as_ref() else {
+        let Some(c) = self.cluster.as_mut() else {
             return;
         };
+        c.reports_due = c.waiting_for_reports(now);
+        let c = &*c;
         let pins: BTreeMap<Mac, Option<String>> = self
             .config
             .devices
@@ -313,13 +343,20 @@ impl Scheduler {
             if let Some(d) = self.devices.get_mut(&mac) {
                 d.releasing = false;
             }
-            if let Some(c) = self.cluster.as_mut() {
-                c.owners.remove(&mac);
-            }
+            // Clear the owner topic only if it still names this gateway: a claim another gateway made
+            // meanwhile must stand.
+            let clear = self.cluster.as_mut().is_some_and(|c| {
+                let mine = c.owners.get(&mac) == Some(&c.me);
+                if mine {
+                    c.owners.remove(&mac);
+                }
+                mine
+            });
             self.emit(Notice::Owner {
                 mac,
                 held: false,
                 rssi: None,
+                clear,
             });
         }
     }
@@ -387,6 +424,7 @@ impl Scheduler {
             mac,
             held: true,
             rssi,
+            clear: false,
         });
     }
 

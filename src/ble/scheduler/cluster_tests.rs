@@ -130,6 +130,7 @@ fn a_pin_wins_while_its_gateway_is_online_and_the_rule_decides_when_it_is_not() 
     let mut s = started(cluster_config("b", Some("a")), t0);
     s.cluster_fact(ClusterFact::Broker { connected: true }, t0);
     s.cluster_fact(online("a", true), t0);
+    s.cluster_fact(hears("a", &[]), t0);
     for m in [A, B] {
         s.heard(heard_at(m, -50), t0 + Duration::from_millis(100));
     }
