@@ -361,7 +361,7 @@ fn gateways_on_two_bridged_brokers_converge_and_hand_over() {
     let mut on_main = View::new(main.port);
     let mut on_bridged = View::new(bridged.port);
     let site = TempDir::new("site");
-    let mut members = vec![
+    let mut members = [
         Member::start("g1", main.port, &site),
         Member::start("g2", main.port, &site),
         Member::start("g3", bridged.port, &site),
