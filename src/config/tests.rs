@@ -299,3 +299,31 @@ fn a_simulated_monitor_plays_a_configured_device() {
     .unwrap();
     assert_eq!(ok.simulation.monitors[0].rssi, -127);
 }
+
+#[test]
+fn cluster_settings_are_checked() {
+    let device = "[[device]]\nmac = \"AA:BB:CC:DD:EE:FF\"\n";
+    let e = parse(&format!("{device}gateway = \"garage\"\n")).unwrap_err();
+    assert!(
+        e.contains("gateway = \"garage\"") && e.contains("[cluster] enabled"),
+        "{e}"
+    );
+    let cluster = "[cluster]\nenabled = true\n";
+    let e = parse(&format!("{cluster}{device}gateway = \"a/b\"\n")).unwrap_err();
+    assert!(e.contains("not a valid gateway id"), "{e}");
+    let e = parse(&format!("[gateway]\nid = \"my gateway\"\n{cluster}")).unwrap_err();
+    assert!(e.contains("gateway.id (with [cluster] enabled)"), "{e}");
+    let e = parse(&format!("[mqtt]\nenabled = false\n{cluster}")).unwrap_err();
+    assert!(e.contains("needs mqtt.enabled"), "{e}");
+    let e = parse("[cluster]\nreport_interval = 1\n").unwrap_err();
+    assert!(
+        e.contains("cluster.report_interval = 1 is out of range"),
+        "{e}"
+    );
+    let c = parse(&format!(
+        "[gateway]\nid = \"garage.2\"\n{cluster}{device}gateway = \"house\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.devices[0].gateway.as_deref(), Some("house"));
+    assert_eq!(c.cluster.report_interval, 30);
+}

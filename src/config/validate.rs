@@ -36,6 +36,12 @@ impl Config {
         {
             return bad(format!("gateway.id (with [cluster] enabled): {e}"));
         }
+        if self.cluster.enabled && !self.mqtt.enabled {
+            return bad(
+                "[cluster] enabled needs mqtt.enabled = true: the gateways agree through the broker"
+                    .into(),
+            );
+        }
         for (key, value, min, max) in self.bounded() {
             if !(min..=max).contains(&value) {
                 return bad(format!(
