@@ -38,7 +38,23 @@ const BOUND: Duration = Duration::from_secs(2 * KEEPALIVE + POLL);
 const SLACK: Duration = Duration::from_secs(5);
 
 fn config(gateway: &str, port: u16, state: &TempDir, site: &TempDir) -> String {
-    let rssi = RSSI.iter().find(|(g, _)| *g == gateway).unwrap().1;
+    config_without(gateway, port, state, site, &[])
+}
+
+/// The same, with the monitors in `gone` out of this gateway's range.
+fn config_without(
+    gateway: &str,
+    port: u16,
+    state: &TempDir,
+    site: &TempDir,
+    gone: &[&str],
+) -> String {
+    let mut rssi = RSSI.iter().find(|(g, _)| *g == gateway).unwrap().1;
+    for (i, mac) in MONITORS.iter().enumerate() {
+        if gone.contains(mac) {
+            rssi[i] = -127;
+        }
+    }
     let mut text = format!(
         "[gateway]\nid = \"{gateway}\"\nstate_dir = \"{}\"\n\
          [logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
@@ -105,6 +121,14 @@ impl Member {
     fn restart(&mut self, site: &TempDir) {
         let text = config(self.name, self.port, &self.state, site);
         self.gateway = Some(Gateway::start(&text));
+    }
+
+    /// Reload (SIGHUP) with the monitors in `gone` out of range.
+    fn lose(&mut self, site: &TempDir, gone: &[&str]) {
+        let text = config_without(self.name, self.port, &self.state, site, gone);
+        let g = self.gateway.as_ref().unwrap();
+        g.rewrite_config(&text);
+        g.signal("HUP");
     }
 
     fn kill(&mut self) {
@@ -348,6 +372,24 @@ fn three_gateways_share_six_monitors_hand_over_on_sigkill_and_settle_back_withou
         "the pinned monitor stayed with its gateway"
     );
     one_stream_each(&view.readings(returned + Duration::from_secs(1)), &all, 2);
+    no_collisions(&site);
+
+    // g3 stops hearing the fifth monitor: it drops out of g3's reports after three of them (6 s), and
+    // g1, next best, takes it.
+    let lost = Instant::now();
+    members[2].lose(&site, &[MONITORS[4]]);
+    let mut moved = all.clone();
+    moved.insert(MONITORS[4].to_string(), "g1".into());
+    view.settle(
+        &moved,
+        Duration::from_secs(30),
+        "after g3 stopped hearing the fifth monitor",
+    );
+    let first = view.first_reading(MONITORS[4], "g1", lost, Duration::from_secs(30));
+    eprintln!(
+        "hand-over of a monitor its owner stopped hearing: first reading {:.1} s later",
+        (first - lost).as_secs_f64()
+    );
     no_collisions(&site);
 }
 

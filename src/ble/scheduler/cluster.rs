@@ -250,8 +250,8 @@ impl Scheduler {
         }
         if fact == (ClusterFact::Broker { connected: false }) {
             // The broker may publish our last will at any moment: others may take our monitors, so we let
-            // go of them at once (without clearing the owner topic: that would undo a newer owner's claim
-            // when our queue is delivered later).
+            // go of them at once — without clearing the owner topic (see `cluster_step`): a clearing
+            // delivered later would undo a newer owner's claim.
             let held: Vec<Mac> = self
                 .devices
                 .iter()
@@ -260,9 +260,6 @@ impl Scheduler {
                 .collect();
             for mac in held {
                 self.let_go(mac);
-                if let Some(d) = self.devices.get_mut(&mac) {
-                    d.releasing = false;
-                }
             }
         }
         if let Some(c) = self.cluster.as_mut() {
@@ -343,10 +340,11 @@ impl Scheduler {
             if let Some(d) = self.devices.get_mut(&mac) {
                 d.releasing = false;
             }
-            // Clear the owner topic only if it still names this gateway: a claim another gateway made
-            // meanwhile must stand.
+            // Clear the owner topic only if it still names this gateway (a claim another gateway made
+            // meanwhile must stand), and only while connected (a clearing queued while the broker is
+            // away would be delivered after our last will handed the monitor over).
             let clear = self.cluster.as_mut().is_some_and(|c| {
-                let mine = c.owners.get(&mac) == Some(&c.me);
+                let mine = c.broker_up && c.owners.get(&mac) == Some(&c.me);
                 if mine {
                     c.owners.remove(&mac);
                 }

@@ -255,19 +255,32 @@ fn a_poll_in_flight_ends_before_the_release_is_announced() {
 }
 
 #[test]
-fn losing_the_broker_lets_go_of_everything_without_clearing_the_owner_topic() {
+fn losing_the_broker_lets_go_of_everything_without_clearing_the_owner_topic_and_takes_it_back() {
     let t0 = Instant::now();
     let (mut s, t) = settled("b", None, -70, t0);
     let first = polls(&s.take_actions())[0];
     s.cluster_fact(ClusterFact::Broker { connected: false }, t);
     let a = s.take_actions();
-    assert!(owner_notices(&a).is_empty(), "{a:?}");
+    let other = if first == mac(A) { mac(B) } else { mac(A) };
+    assert_eq!(owner_notices(&a), vec![(other, false)], "{a:?}");
     assert!(s.held().is_empty());
     s.poll_done(first, ok(&first.to_string()), t + Duration::from_secs(1));
-    let a = s.take_actions();
+    let b = s.take_actions();
+    assert_eq!(
+        owner_notices(&b),
+        vec![(first, false)],
+        "after its poll: {b:?}"
+    );
+    assert!(polls(&b).is_empty());
+    let clears = a.iter().chain(&b).any(|x| {
+        matches!(
+            x,
+            Action::Emit(BleEvent::Notice(Notice::Owner { clear: true, .. }))
+        )
+    });
     assert!(
-        owner_notices(&a).is_empty() && polls(&a).is_empty(),
-        "{a:?}"
+        !clears,
+        "the owner topic is never cleared while the broker is away"
     );
     // Back, with the owner topic still naming "b": taken again after settling.
     s.cluster_fact(owner(A, Some("b")), t + Duration::from_secs(5));

@@ -2,7 +2,9 @@
 //! limit; a reachable monitor is read on time.
 
 use super::*;
+use crate::messages::ClusterFact;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 /// Inputs for the property test.
 #[derive(Debug, Clone)]
@@ -133,4 +135,122 @@ proptest! {
             }
         }
     }
+
+    /// In a cluster, for any sequence of facts and events: no spin; a poll or stream is only started for
+    /// a monitor this gateway holds, and never while the owner topic names another online gateway;
+    /// takes and releases alternate per monitor.
+    #[test]
+    fn a_cluster_member_never_spins_and_connects_only_to_what_it_holds(
+        inputs in proptest::collection::vec(cluster_input(), 1..200),
+    ) {
+        let t0 = Instant::now();
+        let mut text = "[gateway]\nid = \"me\"\n[cluster]\nenabled = true\nreport_interval = 5\n\
+                        [bluetooth]\nmax_concurrent_connections = 2\n\
+                        [discovery]\ninitial_scan = false\n".to_string();
+        for (i, m) in MACS.iter().enumerate() {
+            let mode = ["poll", "poll", "passive", "stream"][i];
+            text += &format!("[[device]]\nmac = \"{m}\"\ntype = \"BM2\"\nmode = \"{mode}\"\npoll_interval = 10\n");
+        }
+        let mut s = started(config(&text), t0);
+        let mut now = t0;
+        let mut in_flight: Vec<Mac> = Vec::new();
+        let mut online: BTreeSet<&str> = BTreeSet::new();
+        let mut owner: BTreeMap<Mac, &str> = BTreeMap::new();
+        let mut held: BTreeSet<Mac> = BTreeSet::new();
+        for i in inputs {
+            match i {
+                ClusterInput::Wait(ms) => {
+                    now += Duration::from_millis(ms);
+                    s.tick(now);
+                }
+                ClusterInput::Heard(n, rssi) => s.heard(Heard { rssi: Some(rssi), ..heard(MACS[n]) }, now),
+                ClusterInput::PollOk => {
+                    if let Some(m) = in_flight.pop() {
+                        s.poll_done(m, ok(&m.to_string()), now);
+                    }
+                }
+                ClusterInput::Broker(up) => {
+                    if !up {
+                        in_flight.clear();
+                    }
+                    s.cluster_fact(ClusterFact::Broker { connected: up }, now);
+                }
+                ClusterInput::Online(g, up) => {
+                    let g = OTHERS[g];
+                    if up { online.insert(g); } else { online.remove(g); }
+                    s.cluster_fact(ClusterFact::Availability { gateway: g.into(), online: up }, now);
+                }
+                ClusterInput::Hears(g, rssi) => {
+                    let monitors = MACS.iter().zip(rssi).filter(|(_, r)| *r > -100).map(|(m, r)| (mac(m), r)).collect();
+                    s.cluster_fact(ClusterFact::Hears { gateway: OTHERS[g].into(), monitors }, now);
+                }
+                ClusterInput::Owner(n, g) => {
+                    let gateway = g.map(|g| OTHERS[g]);
+                    match gateway {
+                        Some(g) => { owner.insert(mac(MACS[n]), g); }
+                        None => { owner.remove(&mac(MACS[n])); }
+                    }
+                    s.cluster_fact(ClusterFact::Owner { mac: mac(MACS[n]), gateway: gateway.map(str::to_string) }, now);
+                }
+            }
+            for a in s.take_actions() {
+                match a {
+                    Action::Poll { mac, .. } | Action::OpenStream { mac, .. } => {
+                        prop_assert!(s.held().contains(&mac), "{mac} connected while not held");
+                        let other = owner.get(&mac).filter(|g| online.contains(*g));
+                        prop_assert!(other.is_none(), "{mac} connected while {other:?} announced it");
+                        if matches!(a, Action::Poll { .. }) {
+                            in_flight.push(mac);
+                        }
+                    }
+                    Action::Emit(BleEvent::Notice(Notice::Owner { mac, held: h, clear, .. })) => {
+                        prop_assert_eq!(held.contains(&mac), !h, "{} announced twice", mac);
+                        // What the broker's owner topic says once our announcement reached it.
+                        if h {
+                            held.insert(mac);
+                            owner.insert(mac, "me");
+                        } else {
+                            held.remove(&mac);
+                            if clear {
+                                owner.remove(&mac);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(d) = s.next_deadline() {
+                prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+            }
+        }
+    }
+}
+
+const OTHERS: [&str; 2] = ["alpha", "zulu"];
+
+#[derive(Debug, Clone)]
+enum ClusterInput {
+    Wait(u64),
+    Heard(usize, i16),
+    PollOk,
+    Broker(bool),
+    Online(usize, bool),
+    Hears(usize, [i16; 4]),
+    Owner(usize, Option<usize>),
+}
+
+fn cluster_input() -> impl Strategy<Value = ClusterInput> {
+    prop_oneof![
+        (0u64..20_000).prop_map(ClusterInput::Wait),
+        (0usize..4, -100i16..-40).prop_map(|(n, r)| ClusterInput::Heard(n, r)),
+        Just(ClusterInput::PollOk),
+        any::<bool>().prop_map(ClusterInput::Broker),
+        (0usize..2, any::<bool>()).prop_map(|(g, up)| ClusterInput::Online(g, up)),
+        (
+            0usize..2,
+            [-110i16..-40, -110i16..-40, -110i16..-40, -110i16..-40]
+        )
+            .prop_map(|(g, r)| ClusterInput::Hears(g, r)),
+        (0usize..4, proptest::option::of(0usize..2)).prop_map(|(n, g)| ClusterInput::Owner(n, g)),
+    ]
 }
