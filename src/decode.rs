@@ -128,7 +128,7 @@ impl Tally {
                         notes.push(("dropped", "temperature", detail));
                     }
                 }
-                FleetEvent::Notice(_) => {}
+                FleetEvent::Notice(_) | FleetEvent::Remote(_) => {}
             }
         }
         let mut lines = Vec::new();

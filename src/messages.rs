@@ -30,6 +30,23 @@ pub enum FleetEvent {
         reason: DecodeError,
     },
     Notice(Notice),
+    /// With `[cluster]`: a monitor's retained status as read from the broker (the MQTT stage parses it),
+    /// for the summary of a vehicle whose devices several gateways serve (SPEC §6).
+    Remote(RemoteStatus),
+}
+
+/// What the summary needs of a device another gateway serves, from its retained status (SPEC §2.2);
+/// `None` fields were absent. A cleared status (empty payload) has `cleared` set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteStatus {
+    pub mac: Mac,
+    pub cleared: bool,
+    pub connected: bool,
+    /// Volts, percent, degrees Celsius, as the latest reading in the status.
+    pub voltage: Option<f64>,
+    pub state_of_charge: Option<f64>,
+    pub temperature: Option<f64>,
+    pub last_reading: Option<DateTime<Utc>>,
 }
 
 /// Events the decode stage does not touch.

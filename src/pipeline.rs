@@ -80,8 +80,8 @@ impl Pipeline {
         let (fleet_tx, fleet_rx) = bounded(CHANNEL);
         let (out_tx, out_rx) = bounded(CHANNEL);
         let inbox = ble::Inbox::new();
-        let mqtt =
-            mqtt::spawn(&config, out_rx, started, inbox.facts()).map_err(PipelineError::Mqtt)?;
+        let cluster = (inbox.facts(), fleet_tx.clone());
+        let mqtt = mqtt::spawn(&config, out_rx, started, cluster).map_err(PipelineError::Mqtt)?;
         let bluetooth = ble::initial_state(&config);
         let fleet = fleet::spawn(Arc::clone(&config), registry, bluetooth, fleet_rx, out_tx)
             .map_err(PipelineError::Spawn)?;

@@ -69,8 +69,13 @@ fn config_without(
     for (mac, r) in MONITORS.iter().zip(rssi) {
         text += &format!("[[simulation.monitor]]\nmac = \"{mac}\"\nrssi = {r}\n");
     }
+    // One vehicle whose two monitors two different gateways serve (g1 and g2).
+    text += "[[vehicle]]\nid = \"boat\"\n";
     for mac in MONITORS {
         text += &format!("[[device]]\nmac = \"{mac}\"\ntype = \"BM6\"\npoll_interval = {POLL}\n");
+        if mac == MONITORS[0] || mac == MONITORS[2] {
+            text += "vehicle = \"boat\"\n";
+        }
         if mac == PINNED.0 {
             text += &format!("gateway = \"{}\"\n", PINNED.1);
         }
@@ -263,6 +268,19 @@ fn three_gateways_share_six_monitors_hand_over_on_sigkill_and_settle_back_withou
     let settled = view.settle(&all, Duration::from_secs(60), "three gateways starting");
     view.sub.drain_for(Duration::from_secs(8));
     one_stream_each(&view.readings(settled), &all, 2);
+
+    // The boat's summary (g1 serves its lowest MAC) lists the monitor g2 serves from g2's status.
+    let summary = view
+        .sub
+        .wait_for(Duration::from_secs(10), "the boat's full summary", |r| {
+            r.topic == "battery_hawk/vehicle/boat/summary" && r.json()["connected_devices"] == 2
+        });
+    let devices = summary.json()["devices"].as_array().unwrap().clone();
+    assert_eq!(devices.len(), 2);
+    assert!(
+        devices.iter().all(|d| d["voltage"].is_number()),
+        "{devices:?}"
+    );
 
     // Home Assistant: one device config per monitor, by MAC, each naming its owner as via_device.
     let ha = |view: &View, mac: &str| -> Vec<serde_json::Value> {

@@ -8,6 +8,7 @@ use super::summary::summarize;
 use crate::config::{Config, Mode};
 use crate::devices::Model;
 use crate::mac::Mac;
+use crate::messages::RemoteStatus;
 use crate::messages::{
     AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, HearsOut,
     LatestReading, LinkError, Notice, Outbound, OwnerClaim, OwnerOut, ReadingOut, Removed,
@@ -66,6 +67,9 @@ pub struct Fleet {
     /// With `[cluster]`: the monitors this gateway holds (SPEC §6). Only their device status, and only the
     /// summaries of vehicles whose lowest-MAC device is held, are published here.
     held: BTreeSet<Mac>,
+    /// With `[cluster]`: the latest retained status of each monitor another gateway serves, for the
+    /// summaries this gateway publishes.
+    remote: BTreeMap<Mac, RemoteStatus>,
 }
 
 impl Fleet {
@@ -81,6 +85,7 @@ impl Fleet {
             counters: Counters::default(),
             bluetooth,
             held: BTreeSet::new(),
+            remote: BTreeMap::new(),
         };
         fleet.rebuild();
         fleet
@@ -107,6 +112,7 @@ impl Fleet {
                 self.live.entry(mac).or_default().model.get_or_insert(model);
                 self.on_failure(mac, LinkError::BadData(reason.to_string()), now, &mut out);
             }
+            FleetEvent::Remote(status) => self.on_remote(status, now, &mut out),
             FleetEvent::Notice(Notice::PollFailed { mac, model, error }) => {
                 self.counters.connection_failures += 1;
                 if let Some(m) = model {
@@ -244,6 +250,23 @@ impl Fleet {
         }
     }
 
+    /// Another gateway's status of a monitor (SPEC §6): kept for the summary of its vehicle, which is
+    /// refreshed if this gateway publishes it. Our own statuses, echoed by the broker, are ignored.
+    fn on_remote(&mut self, status: RemoteStatus, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
+        let mac = status.mac;
+        if self.serves(&mac) || !self.config.cluster.enabled {
+            return;
+        }
+        if status.cleared {
+            self.remote.remove(&mac);
+        } else {
+            self.remote.insert(mac, status);
+        }
+        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
+            self.refresh_summary(&v, now, out);
+        }
+    }
+
     /// The BLE stage took (`held`) or let go of a monitor (SPEC §6): announce it on its owner topic, and
     /// take over or leave its vehicle's summary.
     fn on_owner(
@@ -257,6 +280,7 @@ impl Fleet {
     ) {
         if held {
             self.held.insert(mac);
+            self.remote.remove(&mac);
             let claim = Some(OwnerClaim { rssi, since: now });
             out.push(Outbound::Owner(OwnerOut { mac, claim }));
         } else {
@@ -593,7 +617,7 @@ impl Fleet {
         let mut capacity = 0.0;
         let members = self.members.get(vehicle).map_or(&[][..], Vec::as_slice);
         // In a cluster, the owner of the vehicle's lowest-MAC device publishes its summary (SPEC §6);
-        // devices served by other gateways are listed as not yet tried here (not scored).
+        // devices served by other gateways come from their retained statuses.
         if self.config.cluster.enabled && members.first().is_none_or(|m| !self.held.contains(m)) {
             return;
         }
@@ -603,17 +627,33 @@ impl Fleet {
                 let view = self.view(mac)?;
                 capacity += view.capacity.unwrap_or(0.0);
                 let live = self.live.get(mac);
+                let model = view.model.or(live.and_then(|l| l.model));
+                if !self.serves(mac) {
+                    // Served by another gateway: from its retained status, not tried until one came.
+                    let r = self.remote.get(mac);
+                    return Some(SummaryDevice {
+                        mac: *mac,
+                        name: view.name.clone(),
+                        model,
+                        connected: r.is_some_and(|r| r.connected),
+                        voltage: r.and_then(|r| r.voltage),
+                        state_of_charge: r.and_then(|r| r.state_of_charge),
+                        temperature: r.and_then(|r| r.temperature),
+                        last_reading: r.and_then(|r| r.last_reading),
+                        pending: r.is_none(),
+                    });
+                }
                 let last = live.and_then(|l| l.last.as_ref());
                 Some(SummaryDevice {
                     mac: *mac,
                     name: view.name.clone(),
-                    model: view.model.or(live.and_then(|l| l.model)),
-                    connected: live.is_some_and(|l| l.reachable) && self.serves(mac),
+                    model,
+                    connected: live.is_some_and(|l| l.reachable),
                     voltage: last.and_then(|r| r.measurement.voltage),
                     state_of_charge: last.and_then(|r| r.measurement.state_of_charge),
                     temperature: last.and_then(|r| r.measurement.temperature),
                     last_reading: last.map(|r| r.received_at),
-                    pending: live.is_none_or(|l| !l.attempted) || !self.serves(mac),
+                    pending: live.is_none_or(|l| !l.attempted),
                 })
             })
             .collect();

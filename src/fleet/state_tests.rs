@@ -417,3 +417,33 @@ fn in_a_cluster_only_held_monitors_and_the_lowest_macs_vehicle_are_published() {
     };
     assert!(o.claim.is_none(), "a release clears the owner topic");
 }
+
+#[test]
+fn in_a_cluster_the_summary_lists_devices_other_gateways_serve_from_their_statuses() {
+    let mut f = fleet(&format!("[cluster]\nenabled = true\n{TWO_IN_VAN}"));
+    f.start(Utc::now());
+    f.handle(owner(BM6, true), Utc::now());
+    let second: Mac = "AA:BB:CC:DD:EE:02".parse().unwrap();
+    let remote = RemoteStatus {
+        mac: second,
+        cleared: false,
+        connected: true,
+        voltage: Some(12.5),
+        state_of_charge: Some(80.0),
+        temperature: Some(18.0),
+        last_reading: Some(Utc::now()),
+    };
+    let out = f.handle(FleetEvent::Remote(remote.clone()), Utc::now());
+    let Some(Outbound::Summary(s)) = out.last() else {
+        panic!("{:?}", kinds(&out))
+    };
+    let d = s.devices.iter().find(|d| d.mac == second).unwrap();
+    assert!(d.connected && !d.pending);
+    assert_eq!(d.voltage, Some(12.5));
+    // Our own status echoed back is ignored.
+    let echo = RemoteStatus {
+        mac: BM6.parse().unwrap(),
+        ..remote
+    };
+    assert!(kinds(&f.handle(FleetEvent::Remote(echo), Utc::now())).is_empty());
+}

@@ -90,12 +90,16 @@ impl MqttStage {
 }
 
 /// Start the MQTT stage: it publishes everything received on `rx` and runs the shutdown sequence
-/// when it receives `Outbound::Shutdown` (or its input closes).
+/// when it receives `Outbound::Shutdown` (or its input closes). With `[cluster]`, what the other
+/// gateways publish goes to `cluster`: facts to the BLE thread, monitors' statuses to the fleet.
 pub fn spawn(
     config: &Config,
     rx: Receiver<Outbound>,
     started: Instant,
-    facts: crate::ble::FactSender,
+    cluster: (
+        crate::ble::FactSender,
+        crossbeam_channel::Sender<crate::messages::FleetEvent>,
+    ),
 ) -> Result<MqttStage, MqttError> {
     let renderer = Renderer::for_config(config);
     if !config.mqtt.enabled {
@@ -141,7 +145,7 @@ pub fn spawn(
     });
     let mut stage = OutboxStage::new(config, client, ha, outbox(config), renderer, started);
     if config.cluster.enabled {
-        stage = stage.with_cluster(facts);
+        stage = stage.with_cluster(cluster.0, cluster.1);
     }
     let (end_tx, ended) = bounded::<()>(0);
     let outbox = std::thread::Builder::new()

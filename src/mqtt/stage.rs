@@ -9,13 +9,13 @@ use super::connection::{MAX_INCOMING, MAX_PACKET, Net, qos};
 use super::homeassistant;
 use super::link::{Diagnosis, Finding, IN_A_ROW, Loss};
 use super::outbox::Outbox;
-use super::payload::{self, LocalStatus, Message, Renderer};
+use super::payload::{self, Incoming, LocalStatus, Message, Renderer};
 use super::{HA_GRACE, INPUT_BATCH, WINDOW};
 use crate::ble::FactSender;
 use crate::config::Config;
-use crate::messages::{ClusterFact, Outbound, SystemSnapshot};
+use crate::messages::{ClusterFact, FleetEvent, Outbound, SystemSnapshot};
 use chrono::Utc;
-use crossbeam_channel::{Receiver, never, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, never, select};
 use rumqttc::{Client, ClientError, QoS};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,8 +58,10 @@ pub struct OutboxStage {
     clock_wait: Duration,
     /// The newest retained device status / vehicle summary per topic, for [`Self::republish_retained`].
     retained: BTreeMap<String, Message>,
-    /// With `[cluster]`: where the other gateways' facts go (the BLE stage's ownership rule, SPEC §6).
-    cluster: Option<FactSender>,
+    /// With `[cluster]`: where the other gateways' facts go (the BLE stage's ownership rule, SPEC §6),
+    /// and the monitors' statuses (the fleet's vehicle summaries; never blocking: a full channel drops
+    /// one, the next status of that monitor replaces it).
+    cluster: Option<(FactSender, Sender<FleetEvent>)>,
     /// A malformed cluster message was logged (once per run; later ones at debug).
     cluster_bad_logged: bool,
 }
@@ -110,8 +112,8 @@ impl OutboxStage {
 
     /// Take part in a cluster (SPEC §6): subscribe to the other gateways' facts at every connection and
     /// hand them, and the connection's state, to `facts`.
-    pub fn with_cluster(mut self, facts: FactSender) -> OutboxStage {
-        self.cluster = Some(facts);
+    pub fn with_cluster(mut self, facts: FactSender, fleet: Sender<FleetEvent>) -> OutboxStage {
+        self.cluster = Some((facts, fleet));
         self
     }
 
@@ -322,8 +324,8 @@ impl OutboxStage {
                 }
                 self.ever_down = true;
                 self.connected = false;
-                if let Some(c) = &self.cluster {
-                    c.send(ClusterFact::Broker { connected: false });
+                if let Some((facts, _)) = &self.cluster {
+                    facts.send(ClusterFact::Broker { connected: false });
                 }
                 let in_flight = self.outbox.connection_lost(loss == Loss::Closed);
                 let _ = ack.send(());
@@ -363,22 +365,27 @@ impl OutboxStage {
                 log::warn!("cannot subscribe to Home Assistant's status: {e}");
             }
         }
-        if let Some(c) = &self.cluster {
+        if let Some((facts, _)) = &self.cluster {
             for filter in self.renderer.topics.cluster_subscriptions() {
                 if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                     log::warn!("cannot subscribe to {filter}: {e}");
                 }
             }
-            c.send(ClusterFact::Broker { connected: true });
+            facts.send(ClusterFact::Broker { connected: true });
         }
     }
 
     fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
-        if let Some(c) = &self.cluster
-            && let Some(fact) = self.renderer.cluster_fact(topic, payload)
+        if let Some((facts, fleet)) = &self.cluster
+            && let Some(message) = self.renderer.cluster_message(topic, payload)
         {
-            match fact {
-                Ok(fact) => c.send(fact),
+            match message {
+                Ok(Incoming::Fact(fact)) => facts.send(fact),
+                Ok(Incoming::Status(status)) => {
+                    if let Err(TrySendError::Full(_)) = fleet.try_send(FleetEvent::Remote(status)) {
+                        log::debug!("fleet busy: a status read on {topic} was dropped");
+                    }
+                }
                 Err(why) if !self.cluster_bad_logged => {
                     self.cluster_bad_logged = true;
                     log::warn!(

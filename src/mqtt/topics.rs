@@ -16,6 +16,8 @@ pub enum ClusterTopic {
     Availability(String),
     Hears(String),
     Owner(Mac),
+    /// A monitor's retained status (possibly another gateway's), for vehicle summaries.
+    Status(Mac),
 }
 
 impl Topics {
@@ -46,12 +48,15 @@ impl Topics {
     }
     /// What a gateway of a cluster subscribes to: every gateway's availability and `hears`, every
     /// monitor's owner (QoS 1: these are retained facts, a lost one would stall a hand-over).
-    pub fn cluster_subscriptions(&self) -> [String; 3] {
+    /// Every monitor's status too: the summary of a vehicle whose devices several gateways serve is
+    /// made from them.
+    pub fn cluster_subscriptions(&self) -> [String; 4] {
         let p = &self.prefix;
         [
             format!("{p}/gateway/+/availability"),
             format!("{p}/gateway/+/hears"),
             format!("{p}/device/+/owner"),
+            format!("{p}/device/+/status"),
         ]
     }
     /// Which cluster fact `topic` carries, if any.
@@ -68,6 +73,7 @@ impl Topics {
                 Some(ClusterTopic::Hears((*gid).to_string()))
             }
             ["device", mac, "owner"] => mac.parse().ok().map(ClusterTopic::Owner),
+            ["device", mac, "status"] => mac.parse().ok().map(ClusterTopic::Status),
             _ => None,
         }
     }
@@ -166,6 +172,10 @@ mod tests {
         assert_eq!(
             t.parse_cluster("p/device/AA:BB:CC:DD:EE:FF/owner"),
             Some(ClusterTopic::Owner(mac))
+        );
+        assert_eq!(
+            t.parse_cluster("p/device/AA:BB:CC:DD:EE:FF/status"),
+            Some(ClusterTopic::Status(mac))
         );
         for other in [
             "p/device/nonsense/owner",
