@@ -234,12 +234,14 @@ pub struct HearsOut {
     pub monitors: Vec<HeardMonitor>,
 }
 
-/// `P/device/{mac}/owner` (SPEC §6): `claim` is this gateway's announcement, `None` its release (the
-/// retained message is cleared).
+/// `P/device/{mac}/owner` (SPEC §6): `claim` is this gateway's announcement, `None` its release: the
+/// retained message is cleared when `clear`, else nothing is published (the topic names another gateway,
+/// or the broker is away) and the MQTT stage only forgets the monitor's retained state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnerOut {
     pub mac: Mac,
     pub claim: Option<OwnerClaim>,
+    pub clear: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -282,12 +282,18 @@ impl Fleet {
             self.held.insert(mac);
             self.remote.remove(&mac);
             let claim = Some(OwnerClaim { rssi, since: now });
-            out.push(Outbound::Owner(OwnerOut { mac, claim }));
+            out.push(Outbound::Owner(OwnerOut {
+                mac,
+                claim,
+                clear: false,
+            }));
         } else {
             self.held.remove(&mac);
-            if clear {
-                out.push(Outbound::Owner(OwnerOut { mac, claim: None }));
-            }
+            out.push(Outbound::Owner(OwnerOut {
+                mac,
+                claim: None,
+                clear,
+            }));
         }
         if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
             // A new summary owner publishes at once; the one that left forgets what it published.

@@ -415,7 +415,10 @@ fn in_a_cluster_only_held_monitors_and_the_lowest_macs_vehicle_are_published() {
     let Outbound::Owner(o) = &out[0] else {
         unreachable!()
     };
-    assert!(o.claim.is_none(), "a release clears the owner topic");
+    assert!(
+        o.claim.is_none() && o.clear,
+        "a release clears the owner topic"
+    );
 }
 
 #[test]

@@ -283,6 +283,15 @@ impl OutboxStage {
         // cleared (Home Assistant would otherwise render templates against an empty payload).
         let discovery = self.ha.as_mut().map(|h| h.observe(out)).unwrap_or_default();
         discovery.into_iter().for_each(|m| self.push(m));
+        if let Outbound::Owner(o) = out
+            && o.claim.is_none()
+        {
+            // Another gateway serves it now: its status is no longer ours to restore.
+            self.retained.remove(&self.renderer.topics.status(o.mac));
+            if !o.clear {
+                return;
+            }
+        }
         let mut msg = self.renderer.render(out, || self.local_status());
         if !clock_valid {
             clock_invalid(&mut msg.payload);
