@@ -289,7 +289,7 @@ pub struct Simulation {
     pub interval_ms: u64,
     /// Share of connection attempts that time out (0.0–1.0).
     pub failure_rate: f64,
-    /// Non-monitor devices advertising nearby (phones, watches), each every `interval_ms`.
+    /// Non-monitor devices advertising nearby (phones, watches), each twice every `interval_ms`.
     pub foreign_advertisers: u32,
     /// Per-monitor behaviour on the simulated air (SPEC §7); monitors not listed behave well.
     #[serde(rename = "monitor", skip_serializing_if = "Vec::is_empty")]
