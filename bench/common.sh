@@ -16,6 +16,6 @@ gateway_config() {
   printf '[gateway]\nid = "bench"\nstate_dir = "%s/state"\n[logging]\ntarget = "stderr"\nlevel = "warn"\n' "$work"
   printf '[mqtt]\nbroker = "127.0.0.1"\nport = %s\nstatus_interval = %s\noutbox_capacity = %s\n' "$port" "$3" "${OUTBOX_CAPACITY:-1000000}"
   printf '%s[bluetooth]\nbackend = "simulated"\n[defaults]\npoll_interval = 1\nmode = "passive"\n' "${4:-}"
-  printf '[simulation]\ninterval_ms = %s\n' "$2"
+  printf '[simulation]\ninterval_ms = %s\nforeign_advertisers = %s\n' "$2" "${FOREIGN_ADVERTISERS:-0}"
   for i in $(seq 1 "$1"); do printf '[[device]]\nmac = "AA:00:00:00:%02X:%02X"\ntype = "BM6"\n' $((i / 256)) $((i % 256)); done
 }

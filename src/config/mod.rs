@@ -290,7 +290,7 @@ pub struct Simulation {
     pub interval_ms: u64,
     /// Share of connection attempts that time out (0.0–1.0).
     pub failure_rate: f64,
-    /// Non-monitor devices advertising nearby (phones, watches), each every `interval_ms`.
+    /// Non-monitor devices advertising nearby (phones, watches), each twice every `interval_ms`.
     pub foreign_advertisers: u32,
     /// A directory shared by the simulated gateways of one site (SPEC §7, §6): a monitor accepts one
     /// central at a time across every gateway process using it (a lock file per monitor), and a second

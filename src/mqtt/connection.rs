@@ -33,16 +33,12 @@ pub enum Net {
     /// CONNACK; `session`: the broker kept a session for us (never with a clean session), so it still
     /// has our retained state only if it was not restarted without persistence — we cannot tell, so
     /// without a session everything retained is published again.
-    Connected {
-        session: bool,
-    },
-    Written(u16),
-    Acked(u16),
+    Connected { session: bool },
+    /// Publishes written and acknowledged since the last report, in the order rumqttc gave them (see
+    /// [`must_report`]).
+    Progress(Vec<Progress>),
     /// A message on a topic we subscribed to (Home Assistant's status).
-    Incoming {
-        topic: String,
-        payload: Vec<u8>,
-    },
+    Incoming { topic: String, payload: Vec<u8> },
     /// The connection is gone. The outbox requeues, then answers on `ack` so the loop can clear
     /// rumqttc's queues knowing nothing new was handed over meanwhile.
     Down {
@@ -52,6 +48,28 @@ pub enum Net {
         uptime: Option<Duration>,
         ack: Sender<()>,
     },
+}
+
+/// What happened to one publish on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// `Outgoing::Publish(pkid)`: written (packet id 0 for QoS 0).
+    Written(u16),
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `pkid`.
+    Acked(u16),
+}
+
+/// Whether the progress gathered so far goes to the outbox thread now. Each report wakes that thread, so
+/// progress is reported once per burst: when rumqttc holds no further event already read (`idle`), and
+/// only if something in it changes the outbox — an acknowledgement, or a QoS 0 publish written (it leaves
+/// the outbox then). A written QoS ≥ 1 publish waits for its acknowledgement, or for whatever else is
+/// reported first (a connection loss is always preceded by the progress before it). (Holding
+/// acknowledgements back for a few milliseconds more, while others are in flight, was tried: it starved
+/// the outbox's window and cut delivery to 60 % at 2000 readings/s.)
+pub fn must_report(progress: &[Progress], idle: bool) -> bool {
+    idle && progress
+        .iter()
+        .any(|p| !matches!(p, Progress::Written(pkid) if *pkid != 0))
 }
 
 fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, MqttError> {
@@ -137,25 +155,42 @@ fn classify(e: &ConnectionError) -> Loss {
 /// The connection loop: drive rumqttc, report events, back off after errors. Nothing else.
 pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>) {
     let mut link = Link::new(Backoff::broker());
+    let mut progress: Vec<Progress> = Vec::new();
     loop {
         let net = match connection.recv() {
             Err(_) => return,
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 link.connected(Instant::now());
-                Net::Connected {
+                Some(Net::Connected {
                     session: ack.session_present,
-                }
+                })
             }
-            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => Net::Written(pkid),
-            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => Net::Acked(ack.pkid),
-            Ok(Ok(Event::Incoming(Packet::PubComp(comp)))) => Net::Acked(comp.pkid),
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Net::Incoming {
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                progress.push(Progress::Written(pkid));
+                None
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                progress.push(Progress::Acked(ack.pkid));
+                None
+            }
+            Ok(Ok(Event::Incoming(Packet::PubComp(comp)))) => {
+                progress.push(Progress::Acked(comp.pkid));
+                None
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Some(Net::Incoming {
                 topic: p.topic,
                 payload: p.payload.to_vec(),
-            },
+            }),
             Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
-            Ok(Ok(_)) => continue,
+            Ok(Ok(_)) => None,
             Ok(Err(e)) => {
+                if !progress.is_empty()
+                    && tx
+                        .send(Net::Progress(std::mem::take(&mut progress)))
+                        .is_err()
+                {
+                    return;
+                }
                 let (ack_tx, ack_rx) = bounded(1);
                 let (uptime, delay) = link.lost(Instant::now());
                 let down = Net::Down {
@@ -184,8 +219,43 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
                 continue;
             }
         };
-        if tx.send(net).is_err() {
+        let idle = connection.eventloop.state.events.is_empty();
+        if ((net.is_some() && !progress.is_empty()) || must_report(&progress, idle))
+            && tx
+                .send(Net::Progress(std::mem::take(&mut progress)))
+                .is_err()
+        {
             return;
         }
+        if let Some(net) = net
+            && tx.send(net).is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Progress, must_report};
+
+    #[test]
+    fn progress_is_reported_once_per_burst_and_only_when_it_changes_the_outbox() {
+        let written = [Progress::Written(7)];
+        assert!(
+            !must_report(&written, true),
+            "a QoS 1 publish waits for its ack"
+        );
+        let acked = [Progress::Written(7), Progress::Acked(7)];
+        assert!(must_report(&acked, true));
+        assert!(
+            !must_report(&acked, false),
+            "more events already read: report them together"
+        );
+        assert!(
+            must_report(&[Progress::Written(0)], true),
+            "QoS 0 leaves the outbox when written"
+        );
+        assert!(!must_report(&[], true));
     }
 }

@@ -5,7 +5,7 @@
 //! bounded outbox at all times), call a blocking `publish`, or do network I/O itself.
 
 use super::clock::{self, Held};
-use super::connection::{MAX_INCOMING, MAX_PACKET, Net, qos};
+use super::connection::{MAX_INCOMING, MAX_PACKET, Net, Progress, qos};
 use super::homeassistant;
 use super::link::{Diagnosis, Finding, IN_A_ROW, Loss};
 use super::outbox::Outbox;
@@ -314,10 +314,16 @@ impl OutboxStage {
         match event {
             Net::Connected { session } => self.on_connected(session),
             Net::Incoming { topic, payload } => self.on_incoming(&topic, &payload),
-            Net::Written(pkid) => self.outbox.written(pkid),
-            Net::Acked(pkid) => {
-                if let Some(kind) = self.outbox.acked(pkid) {
-                    self.diagnosis.accepted(&kind);
+            Net::Progress(progress) => {
+                for p in progress {
+                    match p {
+                        Progress::Written(pkid) => self.outbox.written(pkid),
+                        Progress::Acked(pkid) => {
+                            if let Some(kind) = self.outbox.acked(pkid) {
+                                self.diagnosis.accepted(&kind);
+                            }
+                        }
+                    }
                 }
             }
             Net::Down {

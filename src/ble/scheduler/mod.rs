@@ -82,6 +82,11 @@ pub struct Scheduler {
     /// With `[cluster]`: the facts and rule that say which monitors this gateway holds (SPEC §6).
     cluster: Option<cluster::Cluster>,
     out: Vec<Action>,
+    /// [`Scheduler::next_deadline`] as last computed (`None`: to be computed again). Finding it walks every
+    /// device, and a passive fleet sends thousands of adverts a second, so it is kept between events that
+    /// can only move deadlines later (see [`Scheduler::heard`]); it is then early at worst, and a tick
+    /// that comes early does nothing.
+    earliest: Option<Option<Instant>>,
 }
 
 impl Scheduler {
@@ -107,6 +112,7 @@ impl Scheduler {
             stopping: false,
             cluster: cluster::Cluster::new(&config, now),
             out: Vec::new(),
+            earliest: None,
             config: Arc::clone(&config),
         };
         let interval = secs(config.defaults.poll_interval);
@@ -135,7 +141,18 @@ impl Scheduler {
     }
 
     /// When [`Scheduler::tick`] has something to do next; `None`: only an event can change anything.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// Never later than the true next deadline (it may be earlier after adverts; see `earliest`).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if let Some(known) = self.earliest {
+            return known;
+        }
+        let next = self.compute_deadline();
+        self.earliest = Some(next);
+        next
+    }
+
+    /// The next deadline, from every device (O(devices)).
+    pub(super) fn compute_deadline(&self) -> Option<Instant> {
         if self.stopping {
             return None;
         }
@@ -169,6 +186,7 @@ impl Scheduler {
 
     /// The adapter (or the simulated air) is ready.
     pub fn adapter_available(&mut self, state: BluetoothState, now: Instant) {
+        self.earliest = None;
         if self.bluetooth != Some(state) {
             self.bluetooth = Some(state);
             self.emit(Notice::Bluetooth(state));
@@ -179,6 +197,7 @@ impl Scheduler {
 
     /// The adapter or bluetoothd went away: every device reports 1006 once, links and polls are gone.
     pub fn adapter_lost(&mut self, now: Instant) {
+        self.earliest = None;
         let was_up = self.adapter_up();
         self.bluetooth = Some(BluetoothState::Unavailable);
         self.scanning = false;
@@ -207,6 +226,7 @@ impl Scheduler {
 
     /// Time passed: start scans, polls and streams that are due, retry, expire, forget.
     pub fn tick(&mut self, now: Instant) {
+        self.earliest = None;
         if self.stopping {
             return;
         }
@@ -264,6 +284,11 @@ impl Scheduler {
         let Some(d) = self.devices.get_mut(&mac) else {
             return;
         };
+        // An advert moves a device's deadlines only later (its silence check, its forgetting), unless it
+        // is the first one heard (forgetting starts to count) or it changes a phase (below).
+        if d.last_heard.is_none() {
+            self.earliest = None;
+        }
         // BlueZ lists devices it remembers from earlier scans too; only an RSSI (set while the current
         // discovery receives the device) or a change signal shows the device is on the air now.
         if h.rssi.is_some() || h.fresh {
@@ -294,6 +319,7 @@ impl Scheduler {
         }
         // Most adverts change no phase: only then is the fleet-wide work (slots, scanning) redone.
         if changed {
+            self.earliest = None;
             self.start_queued(now);
             self.steer_discovery();
         }
@@ -301,6 +327,7 @@ impl Scheduler {
 
     /// A poll attempt ended.
     pub fn poll_done(&mut self, mac: Mac, outcome: PollOutcome, now: Instant) {
+        self.earliest = None;
         let Some(d) = self.devices.get_mut(&mac) else {
             // Removed by a reload while the poll ran: its frames would be a ghost's.
             self.tick(now);
@@ -367,6 +394,7 @@ impl Scheduler {
     /// removed from the configuration are never polled or adopted again in this run. The configuration then
     /// travels down the pipeline.
     pub fn reconfigure(&mut self, config: Arc<Config>, now: Instant) {
+        self.earliest = None;
         let before: BTreeSet<Mac> = self
             .config
             .devices
@@ -398,6 +426,7 @@ impl Scheduler {
 
     /// Stop: close every stream and the scan. Nothing is started afterwards.
     pub fn stop(&mut self) {
+        self.earliest = None;
         self.stopping = true;
         let open: Vec<Mac> = self
             .devices

@@ -36,8 +36,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// For any sequence of events: the next deadline is in the future (or the scheduler waits for an
-    /// event), never more connections than the limit, and a device that keeps answering is polled within
-    /// its interval plus the time the others hold the slot.
+    /// event) and never later than one computed afresh (it is kept between adverts), never more
+    /// connections than the limit, and a device that keeps answering is polled within its interval plus
+    /// the time the others hold the slot.
     #[test]
     fn never_spins_and_never_exceeds_the_connection_limit(
         inputs in proptest::collection::vec(input(), 1..200),
@@ -86,8 +87,13 @@ proptest! {
                 }
             }
             prop_assert!(s.connections() <= limit as usize);
-            if let Some(d) = s.next_deadline() {
+            let memo = s.next_deadline();
+            if let Some(d) = memo {
                 prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+            }
+            // The kept deadline is never later than one computed afresh.
+            if let Some(fresh) = s.compute_deadline() {
+                prop_assert!(memo.is_some_and(|m| m <= fresh), "kept {memo:?} after {fresh:?}");
             }
         }
     }

@@ -11,6 +11,7 @@ impl Scheduler {
     /// BlueZ refused to start discovery (another client's operation in progress, a daemon still
     /// starting): try again after [`SCAN_RETRY`] instead of believing it runs.
     pub fn scan_failed(&mut self, now: Instant) {
+        self.earliest = None;
         self.scanning = false;
         self.scan_retry = Some(now + SCAN_RETRY);
     }

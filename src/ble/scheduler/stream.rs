@@ -12,6 +12,7 @@ use std::time::Instant;
 impl Scheduler {
     /// A notification arrived on a stream link: the newest is handed on at most once per interval.
     pub fn stream_frame(&mut self, frame: RawFrame, now: Instant) {
+        self.earliest = None;
         let Some(d) = self.devices.get_mut(&frame.mac) else {
             return;
         };
@@ -34,6 +35,7 @@ impl Scheduler {
 
     /// A stream link ended (dropped, refused, or its task failed): report it and open it again later.
     pub fn stream_ended(&mut self, mac: Mac, error: LinkError, now: Instant) {
+        self.earliest = None;
         let Some(d) = self.devices.get_mut(&mac) else {
             return;
         };
