@@ -282,9 +282,12 @@ impl Scheduler {
         let r = f32::from(rssi);
         d.rssi_avg = Some(d.rssi_avg.map_or(r, |a| a + RSSI_WEIGHT * (r - a)));
         if let Some(c) = self.cluster.as_mut()
+            && !c.early
             && !c.mine.latest.contains_key(&mac)
         {
             c.early = true;
+            // An early report is a deadline sooner than the one kept between adverts.
+            self.earliest = None;
         }
     }
 

@@ -225,8 +225,12 @@ proptest! {
                     _ => {}
                 }
             }
-            if let Some(d) = s.next_deadline() {
+            let memo = s.next_deadline();
+            if let Some(d) = memo {
                 prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+            }
+            if let Some(fresh) = s.compute_deadline() {
+                prop_assert!(memo.is_some_and(|m| m <= fresh), "kept {memo:?} after {fresh:?}");
             }
         }
     }
