@@ -137,6 +137,14 @@ impl HomeAssistant {
         msgs
     }
 
+    /// In a cluster, this gateway let go of every monitor (it lost the broker): forget the monitors and
+    /// vehicles announced, so that nothing is re-announced for them until it serves them again, and
+    /// serving them again re-publishes their configs (with this gateway as `via_device`).
+    pub fn forget_served(&mut self) {
+        self.monitors.clear();
+        self.vehicles.clear();
+    }
+
     /// Every discovery config again (Home Assistant restarted and forgot them).
     pub fn announce_all(&self) -> Vec<Message> {
         let mut msgs = vec![self.gateway_config()];
@@ -538,6 +546,20 @@ mod tests {
         let v: Value = serde_json::from_slice(&msgs[1].payload).unwrap();
         assert!(v["cmps"].get("temperature").is_none() && v["cmps"].get("state").is_none());
         assert!(v["cmps"].get("soc").is_some());
+    }
+
+    #[test]
+    fn forgetting_what_is_served_re_announces_a_monitor_when_served_again() {
+        let mut h = ha();
+        h.observe(&status("AA:BB:CC:DD:EE:01", "BM6"));
+        h.forget_served();
+        assert_eq!(h.announce_all().len(), 1, "the gateway only");
+        let msgs = h.observe(&status("AA:BB:CC:DD:EE:01", "BM6"));
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(
+            msgs[0].topic,
+            "homeassistant/device/battery_hawk_aabbccddee01/config"
+        );
     }
 
     #[test]

@@ -6,12 +6,14 @@ Runs, all on loopback: a test mosquitto (persistent, so retained messages surviv
 confirmed loopback HTTP setting written into `.storage` before the first start: no UI, no onboarding).
 Every check reads Home Assistant's own records — `.storage/core.device_registry`, `core.entity_registry`,
 the recorder's `home-assistant_v2.db`, its log — and compares them with what the gateway published
-(captured by mosquitto_sub). One line per check, then `N passed, M failed`; exit 1 on a failure.
-Standard library only (runs on the host's /usr/bin/python3).
+(captured by mosquitto_sub). Then the cluster scenario (SPEC §6, `check_cluster`): three gateways against
+the same broker and Home Assistant, an owner killed, another paused. One line per check, then
+`N passed, M failed`; exit 1 on a failure. Standard library only (runs on the host's /usr/bin/python3).
 """
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -19,8 +21,11 @@ import sys
 import tempfile
 import time
 
-from world import (DEVICES, GATEWAY_ID, INTERVAL_S, LOG_LINE, PREFIX, REMOVED, VEHICLES, World, grep_all,
-                   log_time, wait_until)
+from datetime import datetime, timezone
+
+from world import (CLUSTER, CLUSTER_DEVICES, CLUSTER_KEEPALIVE_S, CLUSTER_POLL_S, CLUSTER_VEHICLES, DEVICES,
+                   GATEWAY_ID, INTERVAL_S, LOG_LINE, PREFIX, REMOVED, VEHICLES, World, grep_all, log_time,
+                   wait_until)
 
 SETTLE = 3 * INTERVAL_S + 10
 
@@ -367,6 +372,219 @@ def check_removal(w, ids):
           f"device left: {obj in devs}; entities left: {[u for u in ents if u.startswith(obj)]}")
 
 
+# --- the cluster scenario (SPEC §6) -------------------------------------------------------------------
+
+
+def cluster_owners(online):
+    """mac → the gateway the ownership rule names with `online` gateways (no pins here: best RSSI)."""
+    return {mac: max(online, key=lambda g: CLUSTER[g][i]) for i, (mac, _, _, _) in enumerate(CLUSTER_DEVICES)}
+
+
+def cluster_monitor_entities(mac, model):
+    obj = f"{PREFIX}_{mac_hex(mac)}"
+    keys = ["voltage", "soc", "rssi", "last_reading"]
+    if model != "BM2":
+        keys += ["temperature", "state"]
+    return {f"{obj}_{k}" for k in keys}
+
+
+def cluster_view(w, owners):
+    """Problems (by kind) in Home Assistant's registries with `owners` (mac → gateway id), and
+    unique id → entity id of the cluster's entities."""
+    devices = (w.storage("core.device_registry") or {}).get("devices", [])
+    entities = [e for e in (w.storage("core.entity_registry") or {}).get("entities", [])
+                if e.get("platform") == "mqtt"]
+    problems = {"gateways": [], "monitors": [], "via": [], "duplicates": []}
+
+    def matching(obj, mac=None):
+        return [d for d in devices
+                if ["mqtt", obj] in d.get("identifiers", [])
+                or (mac and ["mac", mac.lower()] in d.get("connections", []))]
+
+    gateway_ids = {}
+    for gid in CLUSTER:
+        found = matching(f"{PREFIX}_gateway_{gid}")
+        if len(found) != 1 or found[0].get("model") != "Gateway":
+            problems["gateways"].append(f"{gid}: {len(found)} device(s) {[d.get('model') for d in found]}")
+        if found:
+            gateway_ids[gid] = found[0]["id"]
+    names = {v: k for k, v in gateway_ids.items()}
+    ids = {}
+    # A vehicle's summary goes with the owner of its lowest-MAC device.
+    vehicle_owner = {vid: owners.get(min(m for m, _, _, v in CLUSTER_DEVICES if v == vid))
+                     for vid, _ in CLUSTER_VEHICLES}
+    wanted = [(f"{PREFIX}_{mac_hex(mac)}", mac, name, owners.get(mac), cluster_monitor_entities(mac, model))
+              for mac, model, name, _ in CLUSTER_DEVICES]
+    wanted += [(f"{PREFIX}_vehicle_{vid}", None, name, vehicle_owner[vid],
+                {f"{PREFIX}_vehicle_{vid}_{k}"
+                 for k in ("health", "health_score", "average_voltage", "connected_devices")})
+               for vid, name in CLUSTER_VEHICLES]
+    for obj, mac, name, owner, uids in wanted:
+        found = matching(obj, mac)
+        if len(found) != 1:
+            problems["duplicates" if found else "monitors"].append(f"{obj}: {len(found)} devices")
+            continue
+        d = found[0]
+        mine = {e["unique_id"]: e for e in entities if e.get("device_id") == d["id"]}
+        ids.update({u: e["entity_id"] for u, e in mine.items()})
+        if set(mine) != uids or d.get("name") != name:
+            problems["monitors"].append(f"{obj} ({d.get('name')}): missing {sorted(uids - set(mine))}, "
+                                        f"unexpected {sorted(set(mine) - uids)}")
+        if owner is None or d.get("via_device_id") != gateway_ids.get(owner):
+            problems["via"].append(f"{obj}: via {names.get(d.get('via_device_id'), d.get('via_device_id'))}, "
+                                   f"owner {owner}")
+    # No entity of ours twice (Home Assistant would name the second one `…_2`).
+    ours = [e for e in entities if str(e.get("unique_id", "")).startswith(PREFIX)]
+    for e in ours:
+        if re.search(r"_\d+$", e["entity_id"]):
+            problems["duplicates"].append(f"{e['entity_id']} ({e['unique_id']})")
+    return problems, ids
+
+
+def cluster_configs_at(w):
+    """When the cluster's last discovery config was published (the capture's clock)."""
+    objects = [f"{PREFIX}_{mac_hex(m)}" for m, _, _, _ in CLUSTER_DEVICES]
+    objects += [f"{PREFIX}_vehicle_{v}" for v, _ in CLUSTER_VEHICLES]
+    topics = {f"homeassistant/device/{o}/config" for o in objects}
+    times = [m["tst"] for m in w.published() if m.get("topic") in topics and m.get("tst")]
+    if not times:
+        return 0.0
+    return datetime.strptime(max(times)[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+
+
+def wait_cluster_view(w, owners, timeout):
+    """Wait until Home Assistant's registry files agree with `owners`; the problems left and the entity
+    ids. Home Assistant saves a registry change 10 s after the last one while it runs: a file older than
+    the last discovery config counts only once that config would have been saved."""
+    last = {}
+    registry = os.path.join(w.cfg, ".storage", "core.device_registry")
+
+    def agrees():
+        configs_at = cluster_configs_at(w)
+        try:
+            saved_at = os.path.getmtime(registry)
+        except OSError:
+            saved_at = 0.0
+        problems, ids = cluster_view(w, owners)
+        now = w.owners_of(owners)
+        if now != owners:
+            problems["via"].append(f"owners announced {now}")
+        if saved_at < configs_at and time.time() < configs_at + 25:
+            problems["via"].append("the device registry was not saved since the last discovery config")
+        last.update(problems=problems, ids=ids)
+        return not any(problems.values())
+    wait_until(timeout, agrees, 1)
+    return last["problems"], last["ids"]
+
+
+def recorded_after(w, entity, since):
+    return [s for e, s, _ in w.db_rows(since) if e == entity]
+
+
+def reading_times(states):
+    out = set()
+    for s in states:
+        try:
+            out.add(datetime.fromisoformat(s).timestamp())
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def check_cluster(w):
+    """SPEC §6 in Home Assistant's own registries: three gateways (simulated Bluetooth, `[cluster]`, one
+    shared site, each hearing the monitors at its own RSSI) against the same broker and Home Assistant;
+    then SIGKILL of an owner (its last will hands over), then SIGSTOP of the new owner past its keepalive
+    (a lost broker connection: hand-over, and back)."""
+    if w.gw:
+        w.gw.stop()  # the single gateway of the checks above: its devices stay in the registries, unused
+    started = time.time()
+    ready = w.start_ha()
+    if not check("cluster: Home Assistant starts again", ready is not None,
+                 f"see {w.work}/hass-stdout-{w.ha_runs}.log"):
+        return
+    w.start_cluster()
+    everyone = cluster_owners(list(CLUSTER))
+    settled = wait_until(60, lambda: w.owners_of(everyone) == everyone, 0.5)
+    check("cluster: three gateways agree on one owner per monitor", settled,
+          f"owners {w.owners_of(everyone)}, want {everyone}", f"{everyone}")
+    problems, ids = wait_cluster_view(w, everyone, 60)
+    note(f"cluster: registries agree {time.time() - started:.0f} s after Home Assistant's start")
+    check("cluster: each gateway is a Home Assistant device", not problems["gateways"],
+          "; ".join(problems["gateways"]))
+    check("cluster: each monitor (and the vehicle) is one Home Assistant device with its entities",
+          not problems["monitors"] and not problems["duplicates"],
+          "; ".join(problems["monitors"] + problems["duplicates"]))
+    check("cluster: each monitor's device is via its owner gateway's device", not problems["via"],
+          "; ".join(problems["via"]))
+
+    # SIGKILL of the first monitor's owner: its last will hands the monitor to the next best gateway.
+    mac = CLUSTER_DEVICES[0][0]
+    victim = everyone[mac]
+    survivors = [g for g in CLUSTER if g != victim]
+    after = cluster_owners(survivors)
+    killed = time.time()
+    w.members[victim].stop(signal.SIGKILL)
+    bound = 2 * CLUSTER_KEEPALIVE_S + CLUSTER_POLL_S + 10
+    moved = wait_until(bound, lambda: w.owners_of(after) == after, 0.25)
+    check(f"cluster: {victim} killed: {after[mac]} announces itself the owner of {mac}", moved,
+          f"owners {w.owners_of(after)} {bound} s after the kill, want {after}",
+          f"{time.time() - killed:.1f} s after the kill")
+    problems, ids = wait_cluster_view(w, after, 60)
+    note(f"cluster: registries agree {time.time() - killed:.0f} s after the kill")
+    check(f"cluster: after the hand-over {mac}'s device is via {after[mac]}'s device", not problems["via"],
+          "; ".join(problems["via"]))
+    check("cluster: after the hand-over still one device per monitor, every entity once (no `_2`)",
+          not problems["monitors"] and not problems["duplicates"],
+          "; ".join(problems["monitors"] + problems["duplicates"]))
+    obj = f"{PREFIX}_{mac_hex(mac)}"
+    last_reading, voltage = ids.get(f"{obj}_last_reading"), ids.get(f"{obj}_voltage")
+
+    # Readings made after the kill (by the new owner) reach the same entities: two of them, and a voltage.
+    def updating():
+        fresh = {t for t in reading_times(recorded_after(w, last_reading, killed)) if t > killed}
+        return len(fresh) >= 2 and any(numeric(s) for s in recorded_after(w, voltage, killed)) and fresh
+    fresh = wait_until(4 * CLUSTER_POLL_S + 10, updating, 0.5)
+    check(f"cluster: after the hand-over {mac}'s sensors keep updating in the recorder", fresh,
+          f"after the kill: {last_reading} {recorded_after(w, last_reading, killed)}, "
+          f"{voltage} {recorded_after(w, voltage, killed)}",
+          f"readings {', '.join(f'{t - killed:.0f}' for t in sorted(fresh or []))} s after the kill")
+
+    # The new owner loses the broker for longer than its keepalive (SIGSTOP): its last will hands its
+    # monitors to the last gateway. Back, it is better by far: the last gateway lets go (clearing the
+    # owner topic) and it takes them back — never re-announcing its old claim before — and Home
+    # Assistant's devices follow it back.
+    paused = after[mac]
+    last = [g for g in survivors if g != paused][0]
+    moving = [m for m, g in after.items() if g == paused]
+    during = {m: last for m in after}
+    w.members[paused].send(signal.SIGSTOP)
+    t = time.time()
+    moved = wait_until(3 * CLUSTER_KEEPALIVE_S + 10, lambda: w.owners_of(during) == during, 0.25)
+    check(f"cluster: {paused} paused past its keepalive: {last} takes its monitors", moved,
+          f"owners {w.owners_of(during)}", f"{time.time() - t:.1f} s after the pause")
+    # Resumed at once: it still hears its monitors, and learns that it lost the broker only then.
+    mark = len(w.published())
+    w.members[paused].send(signal.SIGCONT)
+    t = time.time()
+    back = wait_until(60, lambda: w.owners_of(after) == after, 0.25)
+    check(f"cluster: {paused} back: it takes its monitors back", back, f"owners {w.owners_of(after)}",
+          f"{time.time() - t:.1f} s after it resumed")
+    events = w.owner_events(mark)
+    early = {m: [g for e, g in events if e == m] for m in moving}
+    early = {m: seq for m, seq in early.items() if not seq or seq[0] is not None}
+    check(f"cluster: {paused} back: no claim of it before {last} released the monitor", not early,
+          f"owner announcements after the resume: {early}")
+    problems, ids = wait_cluster_view(w, after, 60)
+    check(f"cluster: {paused} back: its monitors' devices are via its device again",
+          not any(problems.values()), "; ".join(p for ps in problems.values() for p in ps))
+
+    check("cluster: Home Assistant stops cleanly", w.stop_ha() == 0)
+    problems, _ = cluster_view(w, after)
+    check("cluster: the registries Home Assistant saved at its stop agree", not any(problems.values()),
+          "; ".join(p for ps in problems.values() for p in ps))
+
+
 def check_log(w, ids):
     """No warning or error mentioning the gateway's entities, devices or topics (all runs' logs)."""
     needles = ["battery_hawk", "value_json", "homeassistant/device/"] + list(ids.values())
@@ -432,6 +650,7 @@ def main():
         check_silent_monitors(w, ids)
         check_broker_restart(w, ids)
         check_removal(w, ids)
+        check_cluster(w)
         check_log(w, ids)
     finally:
         w.stop_all()

@@ -28,6 +28,23 @@ REMOVED = "AA:BB:CC:00:00:16"
 VEHICLES = [("van", "Van"), ("boat", "Boat")]
 INTERVAL_S = 10  # poll_interval, and simulation.interval_ms / 1000 (how often the simulated monitors advertise)
 
+# The cluster scenario (SPEC §6): three gateways on one simulated site, each hearing every monitor at its
+# own RSSI (dBm, in the order of CLUSTER_DEVICES). g1 serves the first monitor (g2 next best), g2 the
+# second, g3 the third; the vehicle's summary goes with its lowest-MAC device.
+CLUSTER = {"g1": (-50, -80, -80), "g2": (-65, -50, -80), "g3": (-80, -65, -50)}
+# mac, model, name, vehicle
+CLUSTER_DEVICES = [
+    ("AA:BB:CC:00:02:01", "BM6", "Cart front", "cart"),
+    ("AA:BB:CC:00:02:02", "BM7", "Cart rear", "cart"),
+    ("AA:BB:CC:00:02:03", "BM2", "Shed", None),
+]
+CLUSTER_VEHICLES = [("cart", "Cart")]
+CLUSTER_POLL_S = 5       # poll_interval of the cluster's monitors
+CLUSTER_KEEPALIVE_S = 5  # mqtt.keepalive: the broker publishes a killed gateway's last will within 1.5 × this
+# cluster.report_interval: a gateway lists a monitor heard in the last 3 of these, so one paused for
+# 1.5 × keepalive still hears its monitors when it resumes.
+CLUSTER_REPORT_S = 5
+
 
 def free_port():
     with socket.socket() as s:
@@ -88,6 +105,7 @@ class World:
         self.capture = os.path.join(work, "mqtt.jsonl")
         self.ha_runs = 0
         self.ha = self.gw = self.broker = self.sub = None
+        self.members = {}  # gateway id → Proc, the cluster scenario's gateways
         os.makedirs(os.path.join(self.cfg, ".storage"))
         os.makedirs(os.path.join(work, "mosquitto"))
 
@@ -154,6 +172,62 @@ class World:
         self.gateway_config(**kw)
         self.gw.send(signal.SIGHUP)
 
+    # the cluster scenario's gateways
+    def cluster_config(self, gid):
+        state = os.path.join(self.work, f"gw-state-{gid}")
+        text = (f'[gateway]\nid = "{gid}"\nstate_dir = "{state}"\n'
+                f'[logging]\nlevel = "info"\ntarget = "stderr"\n'
+                f'[mqtt]\nbroker = "127.0.0.1"\nport = {self.mqtt_port}\nkeepalive = {CLUSTER_KEEPALIVE_S}\n'
+                f'[bluetooth]\nbackend = "simulated"\nmax_concurrent_connections = 2\nconnection_timeout = 2\n'
+                f'[discovery]\ninitial_scan = false\n'
+                f'[cluster]\nenabled = true\nreport_interval = {CLUSTER_REPORT_S}\n'
+                f'[simulation]\ninterval_ms = 1000\nsite_dir = "{os.path.join(self.work, "site")}"\n')
+        for (mac, _, _, _), rssi in zip(CLUSTER_DEVICES, CLUSTER[gid]):
+            text += f'[[simulation.monitor]]\nmac = "{mac}"\nrssi = {rssi}\n'
+        for vid, name in CLUSTER_VEHICLES:
+            text += f'[[vehicle]]\nid = "{vid}"\nname = "{name}"\n'
+        for mac, model, name, vehicle in CLUSTER_DEVICES:
+            text += (f'[[device]]\nmac = "{mac}"\ntype = "{model}"\nmode = "poll"\nname = "{name}"\n'
+                     f'poll_interval = {CLUSTER_POLL_S}\n')
+            if vehicle:
+                text += f'vehicle = "{vehicle}"\n'
+        path = os.path.join(self.work, f"cluster-{gid}.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start_cluster(self):
+        os.makedirs(os.path.join(self.work, "site"), exist_ok=True)
+        for gid in CLUSTER:
+            self.members[gid] = Proc(gid, [self.args.gateway, "run", "--config", self.cluster_config(gid)],
+                                     os.path.join(self.work, f"cluster-{gid}.log")).start()
+
+    def owner_events(self, since=0):
+        """[(mac, gateway id or None when cleared)] from the `since`-th message captured on."""
+        out = []
+        for m in self.published()[since:]:
+            topic = m.get("topic", "")
+            if not (topic.startswith(f"{PREFIX}/device/") and topic.endswith("/owner")):
+                continue
+            mac = topic[len(PREFIX) + len("/device/"):-len("/owner")]
+            try:
+                out.append((mac, json.loads(m.get("payload") or "")["gateway_id"]))
+            except (ValueError, TypeError, KeyError):
+                out.append((mac, None))
+        return out
+
+    def owners(self):
+        """The retained `P/device/{mac}/owner` announcements as last published: mac → gateway id."""
+        out = {}
+        for mac, gid in self.owner_events():
+            out[mac] = gid
+        return {mac: gid for mac, gid in out.items() if gid}
+
+    def owners_of(self, want):
+        """The current owners of the monitors in `want`."""
+        owners = self.owners()
+        return {mac: owners.get(mac) for mac in want}
+
     # Home Assistant
     def in_root(self, *argv):
         return ["chroot", self.args.root, "env", "-i", "HOME=/root",
@@ -216,7 +290,7 @@ class World:
         return self.ha.stop(signal.SIGTERM, 120) if self.ha else None
 
     def stop_all(self):
-        for p in (self.gw, self.ha):
+        for p in (self.gw, *self.members.values(), self.ha):
             if p:
                 p.stop()
         self.stop_broker()

@@ -318,6 +318,7 @@ impl Scheduler {
             .collect();
         let mut take = Vec::new();
         let mut give = Vec::new();
+        let mut reclaim = Vec::new();
         for (mac, d) in &self.devices {
             let pin = pins.get(mac).cloned().flatten();
             let mine = c.rightful(*mac, pin.as_deref()) == Some(c.me.as_str());
@@ -325,7 +326,14 @@ impl Scheduler {
                 give.push(*mac);
             } else if !d.held && !d.releasing && mine && c.may_take(*mac) {
                 take.push(*mac);
+            } else if d.held && !c.owners.contains_key(mac) && c.broker_up {
+                // Held, but the owner topic was cleared (a stale release of another gateway delivered
+                // late): announce again, so that nobody else takes it.
+                reclaim.push(*mac);
             }
+        }
+        for mac in reclaim {
+            self.announce(mac);
         }
         for mac in give {
             self.let_go(mac);
@@ -416,11 +424,19 @@ impl Scheduler {
             }
             Mode::Stream => d.phase = Phase::StreamClosed { at: now },
         }
+        log::info!("cluster: taking {mac}");
+        self.announce(mac);
+    }
+
+    /// Announce on the owner topic that this gateway holds `mac`.
+    fn announce(&mut self, mac: Mac) {
+        let Some(d) = self.devices.get(&mac) else {
+            return;
+        };
         let rssi = d.rssi_avg.map(|r| r.round() as i16);
         if let Some(c) = self.cluster.as_mut() {
             c.owners.insert(mac, c.me.clone());
         }
-        log::info!("cluster: taking {mac}");
         self.emit(Notice::Owner {
             mac,
             held: true,

@@ -323,3 +323,13 @@ fn reports_go_out_every_interval_and_early_for_a_newly_heard_monitor() {
     s.tick(late);
     assert_eq!(reports(&s.take_actions()), vec![vec![]]);
 }
+
+#[test]
+fn a_held_monitor_whose_owner_topic_was_cleared_under_it_is_announced_again() {
+    let t0 = Instant::now();
+    let (mut s, t) = settled("b", None, -70, t0);
+    s.take_actions();
+    s.cluster_fact(owner(A, None), t + Duration::from_secs(1));
+    assert_eq!(owner_notices(&s.take_actions()), vec![(mac(A), true)]);
+    assert_eq!(s.held(), [mac(A), mac(B)].into());
+}
