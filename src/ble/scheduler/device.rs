@@ -54,6 +54,8 @@ pub(super) struct Dev {
     /// Its log could not be read at all (no reply to the history request): not asked again in this run,
     /// so a monitor whose firmware ignores the request does not hold the link for it every time.
     pub(super) history_off: bool,
+    /// A download of its log runs on its stream link now (asked, not reported yet).
+    pub(super) history_running: bool,
 }
 
 impl Dev {
@@ -92,6 +94,7 @@ impl Dev {
             synced: None,
             last_sync: None,
             history_off: false,
+            history_running: false,
         }
     }
 

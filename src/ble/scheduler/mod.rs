@@ -179,6 +179,7 @@ impl Scheduler {
         for d in self.devices.values_mut() {
             d.pending = None;
             d.attempt = 0;
+            d.history_running = false;
             d.phase = match d.mode {
                 Mode::Stream => Phase::StreamClosed { at: now },
                 _ => Phase::Idle,
@@ -440,6 +441,7 @@ impl Scheduler {
                         let was_streaming = old.1 == Mode::Stream && d.holds_slot();
                         if was_streaming {
                             self.out.push(Action::CloseStream { mac: c.mac });
+                            d.history_running = false;
                         }
                         if !(d.phase == Phase::Connected && old.1 == Mode::Poll) {
                             let fresh = Dev::new(d.model, mode, interval, false, now);
@@ -568,5 +570,7 @@ impl Scheduler {
     }
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod tests;
