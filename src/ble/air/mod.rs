@@ -21,7 +21,7 @@ mod monitor;
 use super::radio::{Radio, RadioEvent};
 use super::scheduler::{Action, Heard, HistoryAsk, PollOutcome};
 use crate::config::{Broadcasts, Config, OUT_OF_RANGE, SimMonitor};
-use crate::devices::history::simulate::SimLog;
+use crate::devices::history::simulate::{self, SimLog};
 use crate::devices::history::{History, records_to_ask};
 use crate::devices::{APPLE, SERVICE_UUID, Source};
 use crate::mac::Mac;
@@ -129,7 +129,7 @@ impl Air {
                 });
             let fresh = Monitor::new(d);
             let log = SimLog::new(
-                monitor::seed(d.mac),
+                simulate::seed(d.mac),
                 chrono::Utc::now() - chrono::Duration::days(i64::from(behaviour.history_days)),
             );
             let played = match old.remove(&d.mac) {
@@ -387,7 +387,14 @@ impl Air {
 fn read_log(p: &Played, ask: &HistoryAsk, after: Duration) -> (History, Duration) {
     let wall = chrono::Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
     let want = records_to_ask(ask.last.as_ref(), wall, ask.initial_days);
-    history::download(p.monitor.model, &p.log, want, wall)
+    let (h, took) = history::download(p.monitor.model, &p.log, want, wall);
+    log::debug!(
+        "{}: {} history record(s) of {want} asked for, read on the simulated air in {} ms",
+        p.monitor.model,
+        h.records.len(),
+        took.as_millis()
+    );
+    (h, took)
 }
 
 fn gatt(mac: Mac, p: &Played, rng: &mut fastrand::Rng) -> RawFrame {

@@ -3,6 +3,7 @@
 //! downstream of the radio runs for real. A device without `type` is played as a BM6.
 
 use crate::config::DeviceConf;
+use crate::devices::history::simulate;
 use crate::devices::{self, Measurement, Model};
 use crate::mac::Mac;
 
@@ -15,20 +16,13 @@ pub(super) struct Monitor {
     state: Measurement,
 }
 
-/// The seed of everything random about the monitor at `mac` (its values, its log): the same in every run.
-pub(super) fn seed(mac: Mac) -> u64 {
-    mac.0
-        .iter()
-        .fold(0u64, |a, b| a.wrapping_mul(257).wrapping_add(u64::from(*b)))
-}
-
 impl Monitor {
     pub fn new(d: &DeviceConf) -> Monitor {
         let model = d
             .model()
             .or_else(|| Model::by_name(DEFAULT_MODEL))
             .unwrap_or(Model(devices::ALL[0]));
-        let mut rng = fastrand::Rng::with_seed(seed(d.mac));
+        let mut rng = fastrand::Rng::with_seed(simulate::seed(d.mac));
         let voltage = 12.3 + rng.f64() * 0.6;
         let mut m = Monitor {
             model,

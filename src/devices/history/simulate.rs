@@ -5,6 +5,7 @@
 
 use super::{Protocol, RECORD_SECONDS};
 use crate::devices::{Model, crypto};
+use crate::mac::Mac;
 use chrono::{DateTime, Utc};
 
 /// Most records a BM6 keeps: it drops the oldest 1024 at a limit between 50591 and 51281 records, 51200
@@ -64,6 +65,14 @@ impl SimLog {
             .min(CAPACITY);
         (0..n as i64).map(|k| self.record(newest - k)).collect()
     }
+}
+
+/// The seed of everything random about the simulated monitor at `mac` (its live values, its log): the
+/// same in every run, so a test can rebuild the log a gateway downloads.
+pub fn seed(mac: Mac) -> u64 {
+    mac.0
+        .iter()
+        .fold(0u64, |a, b| a.wrapping_mul(257).wrapping_add(u64::from(*b)))
 }
 
 /// SplitMix64: a well-spread hash of `x` (noise and phase that look random but never change).
