@@ -50,9 +50,10 @@ pub const STREAM_RETRY_CAP: Duration = Duration::from_secs(60);
 /// How long a passive device must have been heard without an encrypted frame before its iBeacon is used
 /// (at most; one poll interval when that is shorter).
 pub const IBEACON_WAIT: Duration = Duration::from_secs(10);
-/// A polled monitor's own log is downloaded again (in the same connection, after the live reading) when
-/// the last download is older than this: often enough that the 2-minute records fill every gap between
-/// polls, rarely enough that the link (and the owner's phone app) is not held for it on every poll.
+/// A polled or streamed monitor's own log is downloaded again (in the same connection, after a live
+/// reading) when the last download is older than this: often enough that the 2-minute records fill every
+/// gap between polls or stream links, rarely enough that the link (and the owner's phone app) is not held
+/// for it on every poll.
 pub const HISTORY_GAP: Duration = Duration::from_secs(1800);
 /// Pause before asking BlueZ again to start discovery after it refused.
 pub const SCAN_RETRY: Duration = Duration::from_secs(5);
