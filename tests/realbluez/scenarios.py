@@ -374,7 +374,8 @@ def check_history(msgs, records, log_now):
         problems.append("records are not consecutive 2-minute slots (a duplicate or a gap)")
     same = lambda r, e: e is not None and (r.get("voltage"), r.get("state_of_charge"), r.get("temperature")) \
         == (e[1], e[2], e[3])  # noqa: E731
-    offset = next((d for d in (0, -1, 1) if all(same(r, by_slot.get(s + d)) for r, s in zip(records, stamped))),
+    # Own slot first: a read of one or two records may look the same one slot off (equal neighbours).
+    offset = next((d for d in (0, 1, -1) if all(same(r, by_slot.get(s + d)) for r, s in zip(records, stamped))),
                   None)
     if offset is None:
         bad = next((r, by_slot.get(s)) for r, s in zip(records, stamped) if not same(r, by_slot.get(s)))
