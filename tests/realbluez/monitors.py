@@ -144,6 +144,7 @@ class Monitor:
         self.connections = set()
         self.streams = {}
         self.forbidden = 0
+        self.links = 0
         self.last_link_s = None
         self.history_began = time.time() - HISTORY_DAYS * 86400
         self.history_reads = 0
@@ -240,6 +241,7 @@ class Monitor:
     # --- links ---------------------------------------------------------------------------------------------
     def on_connection(self, conn):
         self.connections.add(conn)
+        self.links += 1
         began = time.monotonic()
         log(f"{self.key}: connected by {conn.peer_address}")
 
@@ -365,7 +367,7 @@ class Monitor:
         return {"advertising": self.device.is_advertising, "connections": len(self.connections),
                 "voltage": self.voltage, "answers": self.answers, "busy": self.busy,
                 "forbidden": self.forbidden, "history_reads": self.history_reads,
-                "last_link_s": self.last_link_s}
+                "links": self.links, "last_link_s": self.last_link_s}
 
 
 async def serve_control(path, monitors):

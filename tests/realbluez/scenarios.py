@@ -460,6 +460,37 @@ def history_again():
             f"{ms} ms; link held {link} s")
 
 
+def history_stream():
+    """A streamed BM6: its log is downloaded on the open link after the first reading; the link streams on."""
+    sub = Subscriber()
+    links = CTL.send(op="state")["bm6"]["links"]
+    gw = Gateway("history_stream", config("history_stream", [(BM6, "BM6", "stream", 2)]))
+    stopped = False
+    try:
+        wait_for(lambda: len(history_of(sub, BM6)[1]) >= 2160, 90, "the streamed BM6's log (>= 2160 records)")
+        mark = len(sub.msgs)
+        wait_for(lambda: len(sub.find(reading_of(BM6), mark)) >= 2, 30, "two streamed readings after the download")
+        msgs, records = history_of(sub, BM6)
+        log_now = CTL.history("bm6")
+        slots, worst = check_history(msgs, records, log_now)
+        if slots[-1] < int(log_now[0][0]) // 120 - 1:
+            raise Fail("the newest records of the log were not published")
+        state = CTL.send(op="state")["bm6"]
+        if state["links"] != links + 1 or state["connections"] != 1:
+            raise Fail(f"want one link held throughout, monitor state {state}")
+        forbidden_writes()
+        read, ms = gateway_read_ms("history_stream")
+        stopped = True
+        expect("gateway exit status after SIGTERM", gw.stop(), 0)
+        assert_released(BM6, "bm6")
+        return (f"{len(records)} records on the open link (read in {ms} ms), worst timestamp {worst:.0f} s off; "
+                "readings streamed on; one link; released at stop")
+    finally:
+        if not stopped:
+            gw.stop()
+        sub.close()
+
+
 def history_week():
     """Measurement, not a check: a 7-day first sync (5040 records): link time and records per second."""
     msgs, records, link, (read, ms) = history_sync("history_week", days=7, state="/run/sc/history_week",
@@ -471,7 +502,7 @@ def history_week():
 
 
 SCENARIOS = [scan_json, read_bm6, history_first, read_bm7, read_after_forget, poll_after_forget, passive_newest,
-             stream_bm2, error_1003, error_1004, error_1001, busy_phone, no_phantom_adoption, bluetoothd_sigkill,
+             stream_bm2, history_stream, error_1003, error_1004, error_1001, busy_phone, no_phantom_adoption, bluetoothd_sigkill,
              history_again]
 BY_NAME = {f.__name__: f for f in SCENARIOS}
 EXTRA = {"bluez_info": bluez_info, "history_week": history_week}  # run only when named
