@@ -325,3 +325,73 @@ fn the_gateway_publishes_a_polled_monitors_log_once_with_the_reading() {
         "where the read ended is remembered: {registry}"
     );
 }
+
+/// The gateway in `stream` mode: after the first live reading on the open link, it downloads the log on
+/// that same link (no second connection), publishes every record once, and the link goes on streaming.
+#[test]
+fn the_gateway_downloads_a_streamed_monitors_log_on_its_open_link() {
+    const REQUEST: &str = "697ea0b5d54cf024e794772355554114";
+    const READING: &str = "71543b749f6f614dd6333f21546f681d";
+    let log = log(3 * 720);
+    let scenario = json!({"adapter": "hci0", "devices": [{
+        "address": MAC, "name": "BM6", "rssi": -60, "mtu": 247, "notify_ms": 2,
+        "request": REQUEST, "replies": [READING],
+        "answers": { request(0, 5040): [reply(&log, 0, 5040)] }
+    }]});
+    let bluez = FakeBluez::start(&scenario);
+    let broker = common::Mosquitto::start();
+    let mut sub = common::Subscriber::connect(broker.port, "battery_hawk/device/#");
+    let state = TempDir::new("state");
+    let config = format!(
+        "[gateway]\nid = \"hist-gw\"\nstate_dir = \"{}\"\n[logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
+         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n\
+         [bluetooth]\nconnection_timeout = 5\ndata_wait_timeout = 2\n[discovery]\nscan_duration = 1\n\
+         [[device]]\nmac = \"{MAC}\"\ntype = \"BM6\"\nmode = \"stream\"\npoll_interval = 1\n",
+        state.path().display(),
+        broker.port
+    );
+    let mut gw =
+        common::Gateway::start_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)]);
+    let t = std::time::Duration::from_secs(30);
+    sub.wait_for(t, "the first streamed reading", |r| {
+        r.topic.ends_with("/reading")
+    });
+    let count = |sub: &common::Subscriber| -> usize {
+        sub.seen
+            .iter()
+            .filter(|r| r.topic.ends_with("/history"))
+            .map(|r| r.json()["records"].as_array().unwrap().len())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + t;
+    while count(&sub) < 2159 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records published\n{}",
+            count(&sub),
+            gw.log()
+        );
+        sub.drain_for(std::time::Duration::from_millis(200));
+    }
+    // The link streams on after the download.
+    for _ in 0..2 {
+        sub.seen.retain(|r| !r.topic.ends_with("/reading"));
+        sub.wait_for(t, "a later streamed reading", |r| {
+            r.topic.ends_with("/reading")
+        });
+    }
+    assert_eq!(count(&sub), 2159, "every record once");
+    assert_eq!(bluez.device_calls(MAC, "Connect"), 1, "one link for all");
+    assert_eq!(
+        bluez.device_calls(MAC, "Disconnect"),
+        0,
+        "the link stayed up"
+    );
+    gw.signal("TERM");
+    assert_eq!(
+        gw.wait(std::time::Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        gw.log()
+    );
+}

@@ -6,9 +6,9 @@
 //! and stream link tasks (a panicked task frees its slot), and closing every link at stop. Must never:
 //! decide when or what to poll, retry, or throttle — the scheduler does.
 
-use super::link::{StreamLink, address, details, link_error, poll_once};
+use super::link::{StreamLink, StreamReport, address, details, link_error, poll_once};
 use super::radio::{Radio, RadioEvent};
-use super::scheduler::{Action, Heard, PollOutcome};
+use super::scheduler::{Action, Heard, HistoryAsk, PollOutcome};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::mac::Mac;
@@ -54,8 +54,11 @@ pub struct Bluez {
     streams: JoinSet<(Mac, LinkError)>,
     stream_tasks: HashMap<Id, Mac>,
     stream_aborts: HashMap<Mac, AbortHandle>,
-    frames_tx: tokio::sync::mpsc::Sender<RawFrame>,
-    frames_rx: tokio::sync::mpsc::Receiver<RawFrame>,
+    /// Each open stream link's inbox for history downloads (one at a time: the scheduler waits for the
+    /// report before it asks again).
+    stream_asks: HashMap<Mac, tokio::sync::mpsc::Sender<HistoryAsk>>,
+    frames_tx: tokio::sync::mpsc::Sender<StreamReport>,
+    frames_rx: tokio::sync::mpsc::Receiver<StreamReport>,
     probe: tokio::time::Interval,
     /// Events produced while carrying out an action, reported by the next `next`.
     pending: Vec<RadioEvent>,
@@ -81,6 +84,7 @@ impl Bluez {
             streams: JoinSet::new(),
             stream_tasks: HashMap::new(),
             stream_aborts: HashMap::new(),
+            stream_asks: HashMap::new(),
             frames_tx,
             frames_rx,
             probe,
@@ -99,6 +103,7 @@ impl Bluez {
         self.polls.abort_all();
         self.streams.abort_all();
         self.stream_aborts.clear();
+        self.stream_asks.clear();
         self.retry_at = Some(Instant::now() + self.backoff.next_delay());
         RadioEvent::Lost(why)
     }
@@ -136,6 +141,7 @@ impl Bluez {
     }
 
     async fn close_stream(&mut self, mac: Mac) {
+        self.stream_asks.remove(&mac);
         if let Some(handle) = self.stream_aborts.remove(&mac) {
             handle.abort();
         }
@@ -266,13 +272,17 @@ impl Radio for Bluez {
                         }
                     };
                     self.stream_aborts.remove(&mac);
+                    self.stream_asks.remove(&mac);
                     self.disconnect(mac).await;
                     if error == LinkError::AdapterUnavailable {
                         return self.lose(format!("stream link to {mac}: adapter unavailable"));
                     }
                     return RadioEvent::StreamEnded(mac, error);
                 }
-                Some(frame) = self.frames_rx.recv() => return RadioEvent::StreamFrame(frame),
+                Some(report) = self.frames_rx.recv() => return match report {
+                    StreamReport::Frame(frame) => RadioEvent::StreamFrame(frame),
+                    StreamReport::History(mac, h) => RadioEvent::StreamHistory(mac, h),
+                },
                 _ = self.probe.tick() => {
                     if let Some(adapter) = &self.adapter
                         && let Err(e) = adapter.is_powered().await
@@ -341,6 +351,7 @@ impl Radio for Bluez {
                 model,
                 interval,
             } => {
+                let (asks_tx, asks) = tokio::sync::mpsc::channel(1);
                 let link = StreamLink {
                     adapter,
                     mac,
@@ -348,12 +359,21 @@ impl Radio for Bluez {
                     interval,
                     config: Arc::clone(&self.config),
                     frames: self.frames_tx.clone(),
+                    asks,
                 };
+                self.stream_asks.insert(mac, asks_tx);
                 let handle = self.streams.spawn(async move { (mac, link.run().await) });
                 self.stream_tasks.insert(handle.id(), mac);
                 self.stream_aborts.insert(mac, handle);
             }
             Action::CloseStream { mac } => self.close_stream(mac).await,
+            Action::StreamHistory { mac, ask } => {
+                // No link (it just ended): the scheduler learns that from the link's end.
+                let sent = self.stream_asks.get(&mac).map(|tx| tx.try_send(ask));
+                if !matches!(sent, Some(Ok(()))) {
+                    log::debug!("{mac}: no stream link to download its log on");
+                }
+            }
             Action::Emit(_) => {}
         }
     }

@@ -98,6 +98,7 @@ pub(super) async fn drive<R: Radio>(
                     }
                     RadioEvent::PollDone(mac, outcome) => scheduler.poll_done(mac, outcome, now),
                     RadioEvent::StreamFrame(frame) => scheduler.stream_frame(frame, now),
+                    RadioEvent::StreamHistory(mac, h) => scheduler.stream_history(mac, &h, now),
                     RadioEvent::StreamEnded(mac, error) => scheduler.stream_ended(mac, error, now),
                 }
             }

@@ -57,20 +57,31 @@ fn uuid(s: &str) -> Uuid {
     s.parse().unwrap_or_default()
 }
 
+/// What a stream link reports while it lives.
+#[derive(Debug)]
+pub(super) enum StreamReport {
+    /// A notification (the scheduler keeps the newest once per interval).
+    Frame(RawFrame),
+    /// A download of the monitor's own log ended (what was read; empty when the link cannot carry one).
+    History(Mac, History),
+}
+
 /// A `stream` device's link: connect, subscribe, hand every notification over (the scheduler keeps the
-/// newest once per interval), ask again every interval for models that need a request; returns why it
-/// ended (the scheduler reports it and opens the link again later). The caller disconnects.
+/// newest once per interval), ask again every interval for models that need a request, and download the
+/// monitor's own log in between when `asks` says so (SPEC §5.7; the live requests pause meanwhile);
+/// returns why it ended (the scheduler reports it and opens the link again later). The caller disconnects.
 pub(super) struct StreamLink {
     pub adapter: Adapter,
     pub mac: Mac,
     pub model: Option<Model>,
     pub interval: Duration,
     pub config: Arc<Config>,
-    pub frames: tokio::sync::mpsc::Sender<RawFrame>,
+    pub frames: tokio::sync::mpsc::Sender<StreamReport>,
+    pub asks: tokio::sync::mpsc::Receiver<HistoryAsk>,
 }
 
 impl StreamLink {
-    pub async fn run(self) -> LinkError {
+    pub async fn run(mut self) -> LinkError {
         let mac = self.mac;
         let device = match known_device(&self.adapter, mac).await {
             Ok(d) => d,
@@ -95,13 +106,21 @@ impl StreamLink {
             Err(e) => return link_error(&e),
         };
         let mut tick = tokio::time::interval(self.interval);
+        // After a history download, the next live request waits a whole interval (no burst).
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 value = values.next() => {
                     let Some(data) = value else { return LinkError::Failed("connection lost".into()) };
                     let rssi = device.rssi().await.ok().flatten();
                     let frame = RawFrame { mac, model, source: Source::Gatt, data, rssi, received_at: Utc::now() };
-                    if self.frames.send(frame).await.is_err() {
+                    if self.frames.send(StreamReport::Frame(frame)).await.is_err() {
+                        return LinkError::Failed("the radio stopped".into());
+                    }
+                }
+                Some(ask) = self.asks.recv() => {
+                    let read = history_on_link(&write, &notify, &mut values, mac, model, ask).await;
+                    if self.frames.send(StreamReport::History(mac, read)).await.is_err() {
                         return LinkError::Failed("the radio stopped".into());
                     }
                 }
@@ -290,12 +309,31 @@ async fn attempt(
     let Some(ask) = history else {
         return Ok((frame, None));
     };
-    if let Err(e) = super::history::att_mtu(&notify, model).await {
+    let read = history_on_link(&write, &notify, &mut values, mac, model, ask).await;
+    Ok((frame, Some(read)))
+}
+
+/// Download the records `ask` wants on a link that is up and subscribed (`values`: the `fff4`
+/// notifications). A link whose ATT MTU is too small for history notifications gets an empty read (the
+/// scheduler then stops asking in this run); a failure keeps what was read before it.
+async fn history_on_link<S>(
+    write: &Characteristic,
+    notify: &Characteristic,
+    values: &mut S,
+    mac: Mac,
+    model: Model,
+    ask: HistoryAsk,
+) -> History
+where
+    S: futures::Stream<Item = Vec<u8>> + Unpin,
+{
+    let now = Utc::now();
+    if let Err(e) = super::history::att_mtu(notify, model).await {
         log::info!("{model} {mac}: no history download: {}", e.message());
-        return Ok((frame, None));
+        return History::empty(model, now);
     }
-    let want = records_to_ask(ask.last.as_ref(), Utc::now(), ask.initial_days);
-    let (took, read) = super::history::drive(&write, &mut values, model, want, false).await;
+    let want = records_to_ask(ask.last.as_ref(), now, ask.initial_days);
+    let (took, read) = super::history::drive(write, values, model, want, false).await;
     let read = read.unwrap_or_else(|f| {
         log::info!("{model} {mac}: history download stopped: {}", f.error);
         f.partial
@@ -305,7 +343,7 @@ async fn attempt(
         read.records.len(),
         took.as_millis()
     );
-    Ok((frame, Some(read)))
+    read
 }
 
 pub(super) async fn connect(device: &Device, limit: Duration) -> Result<(), LinkError> {

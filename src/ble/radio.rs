@@ -4,6 +4,7 @@
 
 use super::scheduler::{Action, Heard, PollOutcome};
 use crate::config::Config;
+use crate::devices::history::History;
 use crate::mac::Mac;
 use crate::messages::{BluetoothState, LinkError, RawFrame};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub enum RadioEvent {
     PollDone(Mac, PollOutcome),
     /// A notification on a stream link.
     StreamFrame(RawFrame),
+    /// A download of the monitor's own log on its stream link ended (what was read, even if the link
+    /// failed meanwhile).
+    StreamHistory(Mac, History),
     /// A stream link ended, and why.
     StreamEnded(Mac, LinkError),
 }

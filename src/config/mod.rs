@@ -339,6 +339,9 @@ pub struct SimMonitor {
     /// true: another central holds the monitor (1007).
     pub busy: bool,
     pub broadcasts: Broadcasts,
+    /// Days of its own log (one record every 2 minutes, HISTORY-NOTES §5.7.2) it holds when the air
+    /// starts, 0–71 (a BM6 keeps about 71 days); records are added as time passes.
+    pub history_days: u32,
 }
 
 impl Default for SimMonitor {
@@ -350,8 +353,14 @@ impl Default for SimMonitor {
             connectable: true,
             busy: false,
             broadcasts: Broadcasts::Encrypted,
+            history_days: 0,
         }
     }
+}
+
+impl SimMonitor {
+    /// Longest `history_days`: what a BM6 keeps (51200 records of 2 minutes, HISTORY-NOTES §5.7.2).
+    pub const MAX_HISTORY_DAYS: u32 = 71;
 }
 
 /// RSSI that means "out of range" on the simulated air.

@@ -298,6 +298,12 @@ fn a_simulated_monitor_plays_a_configured_device() {
     )
     .unwrap();
     assert_eq!(ok.simulation.monitors[0].rssi, -127);
+    assert_eq!(ok.simulation.monitors[0].history_days, 0);
+    let dev = "[[device]]\nmac = \"AA:BB:CC:DD:EE:01\"\n[[simulation.monitor]]\nmac = \"AA:BB:CC:DD:EE:01\"\n";
+    let three = parse(&format!("{dev}history_days = 3\n")).unwrap();
+    assert_eq!(three.simulation.monitors[0].history_days, 3);
+    let e = parse(&format!("{dev}history_days = 72\n")).unwrap_err();
+    assert!(e.contains("history_days = 72 (allowed: 0 to 71)"), "{e}");
 }
 
 #[test]

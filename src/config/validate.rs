@@ -2,7 +2,7 @@
 //! every number, and the prefix and vehicle-id rules of SPEC §1. Errors name the key (or the device) at
 //! fault; nothing here panics.
 
-use super::{Config, ConfigError, MAX_POLL_INTERVAL, Mode, OUT_OF_RANGE};
+use super::{Config, ConfigError, MAX_POLL_INTERVAL, Mode, OUT_OF_RANGE, SimMonitor};
 use crate::devices::Model;
 use std::collections::BTreeSet;
 
@@ -168,6 +168,13 @@ impl Config {
                 return bad(format!(
                     "{at}: rssi = {} is out of range (allowed: {OUT_OF_RANGE} to 0 dBm)",
                     m.rssi
+                ));
+            }
+            if m.history_days > SimMonitor::MAX_HISTORY_DAYS {
+                return bad(format!(
+                    "{at}: history_days = {} (allowed: 0 to {})",
+                    m.history_days,
+                    SimMonitor::MAX_HISTORY_DAYS
                 ));
             }
         }

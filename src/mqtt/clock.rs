@@ -9,7 +9,8 @@
 //!
 //! Pure: time comes in as arguments. Must never: read a clock itself, or reorder what it holds.
 
-use crate::messages::Outbound;
+use crate::devices::history::RECORD_SECONDS;
+use crate::messages::{HistoryOut, Outbound};
 use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -37,12 +38,22 @@ pub fn stamp(out: &Outbound) -> Option<DateTime<Utc>> {
         Outbound::Associated(a) => Some(a.at),
         Outbound::Discovered(s) => Some(s.at),
         Outbound::System(s) => Some(s.at),
-        // Reconstructed from the time of the read: the newest record carries it.
-        Outbound::History(h) => h.records.iter().map(|r| r.timestamp).max(),
+        // Records are reconstructed back from the time of the read (a log holds weeks: a record may
+        // well be older than `not_before`): the read's time is what was stamped by this clock.
+        Outbound::History(h) => read_time(h),
         Outbound::Hears(h) => Some(h.at),
         Outbound::Owner(o) => o.claim.as_ref().map(|c| c.since),
         Outbound::Removed(_) | Outbound::Shutdown { .. } => None,
     }
+}
+
+/// When the read a history batch comes from was asked for: record `k` was stamped `t − 120 s × k`
+/// (HISTORY-NOTES §5.7.2), so every record gives `t` back.
+fn read_time(h: &HistoryOut) -> Option<DateTime<Utc>> {
+    h.records
+        .iter()
+        .map(|r| r.timestamp + TimeDelta::seconds(RECORD_SECONDS * i64::from(r.index)))
+        .max()
 }
 
 /// Move every timestamp in `out` by `delta` (those from before the clock was set; a later one, from
@@ -71,7 +82,12 @@ fn shift(out: &mut Outbound, delta: TimeDelta) {
         Outbound::Associated(a) => fix(&mut a.at),
         Outbound::Discovered(s) => fix(&mut s.at),
         Outbound::System(s) => fix(&mut s.at),
-        Outbound::History(h) => h.records.iter_mut().for_each(|r| fix(&mut r.timestamp)),
+        Outbound::History(h) => {
+            // All records were stamped back from one read: they move together, or not at all.
+            if read_time(h).is_some_and(|t| !is_sane(t)) {
+                h.records.iter_mut().for_each(|r| r.timestamp += delta);
+            }
+        }
         Outbound::Hears(h) => {
             fix(&mut h.at);
             h.monitors.iter_mut().for_each(|m| fix(&mut m.seen));
@@ -303,6 +319,46 @@ mod tests {
         );
         assert_eq!(h.len(), 1);
         assert_eq!(h.next_check(), Some(t0 + Duration::from_secs(131)));
+    }
+
+    /// A history batch of `n` records of a read asked for at `t`, oldest first.
+    fn history(t: DateTime<Utc>, n: u32) -> Outbound {
+        use crate::devices::history::{Record, Skip, timestamp};
+        Outbound::History(HistoryOut {
+            mac: "AA:BB:CC:DD:EE:FF".parse().unwrap(),
+            records: (0..n)
+                .rev()
+                .map(|k| Record {
+                    index: k,
+                    timestamp: timestamp(t, k),
+                    raw: [0; 4],
+                    value: Err(Skip::Zero),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_log_older_than_not_before_read_by_a_sane_clock_is_not_held_nor_moved() {
+        let t0 = Instant::now();
+        let h = Held::new(Duration::from_secs(120), 100, t0);
+        // Read a day after not_before: 3 days of records, the older ones before it.
+        let now = not_before() + TimeDelta::days(1);
+        let mut batch = history(now, 3 * 720);
+        assert_eq!(stamp(&batch), Some(now), "the time of the read");
+        assert!(!h.wants(&batch, now));
+        let times = |b: &Outbound| match b {
+            Outbound::History(h) => h.records.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        let before = times(&batch);
+        shift(&mut batch, TimeDelta::days(400));
+        assert_eq!(times(&batch), before, "stamped by a sane clock: left alone");
+        // Read by an unset clock (1970): every record moves by the same step.
+        let mut unset = history(at(100_000), 3);
+        assert!(h.wants(&unset, now));
+        shift(&mut unset, TimeDelta::days(20_000));
+        assert_eq!(stamp(&unset), Some(at(100_000) + TimeDelta::days(20_000)));
     }
 
     #[test]

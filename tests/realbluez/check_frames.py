@@ -38,7 +38,18 @@ cid, value = f.manufacturer_ad(H("ee6e22884c11f151c1760465b2fe9003"))
 check("company id of an advert", cid, 0x6EEE)
 check("value of an advert", value, H("22884c11f151c1760465b2fe9003"))
 
+# History (HISTORY-NOTES §5.7.7 examples A and E): request, reply to [0, 1) of a one-record log, empty log.
+check("BM6 history request [0,20)", f.history_request(f.decrypt("BM6", H("2bd4b713e1c452e6c1a4eb384262e36b"))),
+      (0, 20))
+check("BM6 history reply [0,1)", b"|".join(f.history_reply("BM6", [H("52e64180")], 0, 1)),
+      b"|".join([H("2e6a4e19b27a6a3332696e9d43e6a916"),
+                 H("5080ab8a013813b0904ba217326800f3") + 9 * H("485ee1040e6ff06db409a84383d55c8e"),
+                 H("5071c1321c31cf66c844bca3da142670")]))
+check("BM6 history empty log", b"|".join(f.history_reply("BM6", [], 0, 20)),
+      b"|".join([H("7e5cb931800dbc0c789ccd531167dc82"), H("538c869b02bd33007b8ac90858904006")]))
+check("BM6 history record 52e64180", f.decode_history_record(H("52e64180")), (13.26, 100, 24, 0))
+
 for line in failures:
     print("frame check FAIL:", line)
-print(f"frame check: {11 + 2 - len(failures)} of 13 vectors match")
+print(f"frame check: {17 - len(failures)} of 17 vectors match")
 sys.exit(1 if failures else 0)

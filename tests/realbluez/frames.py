@@ -78,3 +78,61 @@ def ibeacon(model, soc):
     if model == "BM2":
         return b"\x02\x15" + IBEACON_UUID["BM2"] + bytes.fromhex("f4414231") + bytes([soc])
     return b"\x02\x15" + IBEACON_UUID["BM6"] + bytes([0x00, soc]) + bytes.fromhex("0001c5")
+
+
+# --- the monitor's own log (HISTORY-NOTES §5.7.2: BM6, command 05) ----------------------------------------
+RECORD_S = 120                # one record every 2 minutes
+RECORDS_PER_NOTIFICATION = 40  # 160-byte notifications: 10 blocks, each encrypted on its own
+
+
+def history_record(slot):
+    """The 4 bytes logged in 2-minute slot `slot` (Unix time // 120): a daily swing of ±0.6 V around
+    12.0 V plus a little noise, SoC following the voltage, 12-24 °C, no flags. Big-endian bit fields:
+    voltage/100 (12 bits), SoC (8), temperature (8), flags (4)."""
+    import math
+    day = 2 * math.pi * (slot % 720) / 720
+    noise = (slot * 2654435761) % 5
+    cv = round(1200 + 60 * math.sin(day) + noise)
+    soc = max(0, min(100, cv - 1180))
+    temp = round(18 + 6 * math.cos(day))
+    return ((cv << 20) | (soc << 12) | (temp << 4)).to_bytes(4, "big")
+
+
+def decode_history_record(raw):
+    """(voltage V, SoC %, temperature °C, flags) of a record."""
+    w = int.from_bytes(raw, "big")
+    return (w >> 20) / 100, (w >> 12) & 0xFF, (w >> 4) & 0xFF, w & 0xF
+
+
+def history_request(plain):
+    """(start, end) of a decrypted `d1 55 05 | start (24-bit BE) | end (24-bit BE)` request, or None. Only
+    the low 16 bits of an index are used (HISTORY-NOTES §5.7.2)."""
+    if plain[:3] != bytes.fromhex("d15505"):
+        return None
+    return int.from_bytes(plain[3:6], "big") & 0xFFFF, int.from_bytes(plain[6:9], "big") & 0xFFFF
+
+
+def _block(head):
+    return bytes(head) + bytes(16 - len(head))
+
+
+def history_reply(model, log, start, end):
+    """The notifications a BM6 sends for records [start, end) of `log` (newest first) as AK measured:
+    acknowledgement `d1 55 05 CC CC`, 160-byte data notifications (40 records, the last zero-padded), and
+    the terminator `ff fe fe 00 LL LL` with LL = 4 x records + 9; an empty log: `fe fe fe` marker, then
+    LL = 12; start > end: LL = 9 only. (Past the end of the log the real unit returns raw memory: the
+    gateway must never ask for that, so it is not played here.)"""
+    def term(length):
+        return encrypt(model, _block([0xFF, 0xFE, 0xFE, length >> 16 & 0xFF, length >> 8 & 0xFF, length & 0xFF]))
+    if start > end:
+        return [term(9)]
+    if not log:
+        return [encrypt(model, _block([0xFE, 0xFE, 0xFE])), term(12)]
+    records = log[start:min(end, len(log))]
+    n = len(records)
+    out = [encrypt(model, _block([0xD1, 0x55, 0x05, n >> 8 & 0xFF, n & 0xFF]))]
+    for i in range(0, n, RECORDS_PER_NOTIFICATION):
+        data = b"".join(records[i:i + RECORDS_PER_NOTIFICATION]).ljust(160, b"\0")
+        out.append(b"".join(encrypt(model, data[j:j + 16]) for j in range(0, 160, 16)))
+    out.append(term(4 * n + 9))
+    return out

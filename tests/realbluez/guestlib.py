@@ -46,7 +46,8 @@ class Control:
         self.fd = os.open(path, os.O_RDWR)
         self.buf = b""
 
-    def send(self, **req):
+    def request(self, **req):
+        """The whole reply to `req`."""
         os.write(self.fd, (json.dumps(req) + "\n").encode())
         while b"\n" not in self.buf:
             self.buf += os.read(self.fd, 65536)
@@ -54,7 +55,15 @@ class Control:
         reply = json.loads(line)
         if not reply.get("ok"):
             raise Fail(f"monitor control {req}: {reply.get('error')}")
-        return reply["state"]
+        return reply
+
+    def send(self, **req):
+        """The monitors' state after `req`."""
+        return self.request(**req)["state"]
+
+    def history(self, monitor):
+        """`monitor`'s log now: [[logged_at Unix s, voltage, soc, temp, flags], ...], newest first."""
+        return self.request(op="history", monitor=monitor)["history"]
 
     def set(self, monitor, **kv):
         return self.send(op="set", monitor=monitor, **kv)

@@ -6,6 +6,8 @@ here a Bumble software controller C0 serves that HCI, and one more controller pe
 with it. The monitors speak SPEC §5 with the real keys (frames.py):
 
   bm6      "BM6"             fff0; fff3 request -> echo frame, then an encrypted reading on fff4;
+                              history request d1 55 05 [start, end) -> its own log, newest first, in
+                              160-byte notifications at the pace AK measured (HISTORY-NOTES §5.7.2);
                               adverts: encrypted frame (company id rotates with each ciphertext) / iBeacon
   bm2      "Battery Monitor" fff0; after subscribing, one F5 frame per second on fff4;
                               adverts: encrypted frame (MAC reversed) / iBeacon / name + fff0
@@ -16,7 +18,13 @@ Control channel: JSON lines on the unix socket CTL_SOCK (the guest reaches it th
 port). {"op": "set", "monitor": "bm6", <key>: <value>} with keys voltage, soc, answers (false: connects,
 never notifies), advertising (false: silent and not connectable, a monitor powered off), connectable (false:
 advertises as a non-connectable advertiser, so connection attempts time out), busy (true: another
-central connects to it and holds it); {"op": "reset"}; {"op": "state"}. Every request gets one JSON line back.
+central connects to it and holds it), history_days (its log restarts holding that many days; a reset
+leaves the log alone, as a power loss is what restarts a real one); {"op": "reset"}; {"op": "state"};
+{"op": "history", "monitor": "bm6"} (its log now: [[logged_at Unix s, voltage, soc, temp], ...] newest
+first). The monitors log one record every 2 minutes, on the 2-minute grid of Unix time; a BM6 starts with
+HISTORY_DAYS of log. Writes other than the reading and history requests (the table 08, the lock 02, ...)
+are counted ("forbidden" in the state): the gateway must never send them. Every request gets one JSON line
+back.
 
 Usage: monitors.py HCI_SOCK CTL_SOCK READY_FILE
 """
@@ -85,6 +93,9 @@ ADVERT_INTERVAL_MS = 200      # each advertising PDU
 SLOT_S = 0.5                  # how long one of a monitor's alternating adverts stays on the air
 NEW_FRAME_S = 1.0             # a new encrypted advert frame (new counter, new ciphertext, new company id)
 STREAM_S = 1.0                # BM2 notification period
+HISTORY_DAYS = 3              # the BM6's log at start (days)
+HISTORY_NOTIFY_S = 0.027      # between two history notifications: 40 records each, ~1500 records/s [hw: AK]
+HISTORY_CAPACITY = 51200      # records a BM6 keeps (HISTORY-NOTES §5.7.2)
 
 
 def log(msg):
@@ -132,6 +143,11 @@ class Monitor:
                              host=Host(self.controller, AsyncPipeSink(self.controller)))
         self.connections = set()
         self.streams = {}
+        self.forbidden = 0
+        self.links = 0
+        self.last_link_s = None
+        self.history_began = time.time() - HISTORY_DAYS * 86400
+        self.history_reads = 0
         self.busy_central = None
         self.busy_conn = None
         self.notify_char = None
@@ -225,10 +241,13 @@ class Monitor:
     # --- links ---------------------------------------------------------------------------------------------
     def on_connection(self, conn):
         self.connections.add(conn)
+        self.links += 1
+        began = time.monotonic()
         log(f"{self.key}: connected by {conn.peer_address}")
 
         def gone(reason):
             self.connections.discard(conn)
+            self.last_link_s = round(time.monotonic() - began, 2)
             task = self.streams.pop(conn, None)
             if task:
                 task.cancel()
@@ -241,6 +260,27 @@ class Monitor:
             await self.device.notify_subscribers(self.notify_char, frame)
         asyncio.get_running_loop().create_task(send())
 
+    # --- its own log ---------------------------------------------------------------------------------------
+    def history_log(self, now=None):
+        """Raw records, newest first: one per 2-minute slot from history_began to `now`."""
+        now = time.time() if now is None else now
+        newest = int(now) // frames.RECORD_S
+        oldest = -(-int(self.history_began) // frames.RECORD_S)
+        n = max(0, min(newest - oldest + 1, HISTORY_CAPACITY))
+        return [(s * frames.RECORD_S, frames.history_record(s)) for s in range(newest, newest - n, -1)]
+
+    async def send_history(self, conn, start, end):
+        """Answer a history request: the reply streams on its own (no live frames meanwhile)."""
+        log_now = [raw for _, raw in self.history_log()]
+        reply = frames.history_reply(self.model, log_now, start, end)
+        began = time.monotonic()
+        for n in reply:
+            await self.device.notify_subscriber(conn, self.notify_char, n)
+            await asyncio.sleep(HISTORY_NOTIFY_S)
+        self.history_reads += 1
+        log(f"{self.key}: history [{start}, {end}) of {len(log_now)} records: {len(reply)} notifications "
+            f"in {time.monotonic() - began:.2f} s")
+
     def on_write(self, conn, value):
         value = bytes(value)
         if self.model not in ("BM6", "BM7"):
@@ -248,8 +288,17 @@ class Monitor:
         if not self.answers:
             log(f"{self.key}: request ignored (answers=false)")
             return
+        plain = frames.decrypt(self.model, value) if len(value) == 16 else b""
+        asked = frames.history_request(plain) if self.model == "BM6" else None
+        if asked is not None:
+            asyncio.get_running_loop().create_task(self.send_history(conn, *asked))
+            return
         if value != frames.request(self.model):
-            log(f"{self.key}: ignored write {value.hex()}")
+            if plain[:3] == bytes.fromhex("d15507") or len(value) != 16:
+                log(f"{self.key}: ignored write {value.hex()}")
+            else:
+                self.forbidden += 1
+                log(f"{self.key}: FORBIDDEN write {value.hex()} (plaintext {plain.hex()})")
             return
         self.notify(frames.echo(self.model))
         self.notify(frames.gatt_reading(self.model, self.voltage, self.temp, self.status, self.soc))
@@ -304,6 +353,8 @@ class Monitor:
                 C0[0].pending_le_connection = None
         if "busy" in req:
             await self.set_busy(bool(req["busy"]))
+        if "history_days" in req:
+            self.history_began = time.time() - float(req["history_days"]) * 86400
         self.refresh_advert()
         # A powered-off monitor also drops its links.
         if not self.advertising:
@@ -314,7 +365,9 @@ class Monitor:
 
     def state(self):
         return {"advertising": self.device.is_advertising, "connections": len(self.connections),
-                "voltage": self.voltage, "answers": self.answers, "busy": self.busy}
+                "voltage": self.voltage, "answers": self.answers, "busy": self.busy,
+                "forbidden": self.forbidden, "history_reads": self.history_reads,
+                "links": self.links, "last_link_s": self.last_link_s}
 
 
 async def serve_control(path, monitors):
@@ -332,9 +385,12 @@ async def serve_control(path, monitors):
                         m.reset()
                         m.refresh_advert()
                         await m.sync_advertising()
-                elif op != "state":
+                elif op not in ("state", "history"):
                     raise ValueError(f"unknown op {op!r}")
                 reply = {"ok": True, "state": {k: m.state() for k, m in monitors.items()}}
+                if op == "history":
+                    reply["history"] = [[t, *frames.decode_history_record(raw)]
+                                        for t, raw in monitors[req["monitor"]].history_log()]
                 log(f"control {req} -> ok")
             except Exception as e:  # noqa: BLE001 - any bad request is answered, never kills the radio
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from guestlib import (ABSENT, BM2, BM6, BM7, CTL, OUT, PHANTOM, Fail, Gateway, Subscriber,
+from guestlib import (ABSENT, BM2, BM6, BM7, CTL, OUT, PHANTOM, PREFIX, Fail, Gateway, Subscriber,
                       bluetoothctl_scan, bluetoothd_alive, bluez_forget, bluez_knows, cli, config,
                       connected, dev_path, expect, last_status, log, read_json, reading_of,
                       restart_bluetoothd, status_of, system_bluetooth, wait_for, assert_released)
@@ -340,10 +340,172 @@ def bluez_info():
     return "see scenarios.log, dbus-bluetoothctl-scan.log, dbus-gateway-passive.log"
 
 
-SCENARIOS = [scan_json, read_bm6, read_bm7, read_after_forget, poll_after_forget, passive_newest, stream_bm2,
-             error_1003, error_1004, error_1001, busy_phone, no_phantom_adoption, bluetoothd_sigkill]
+# --- the monitor's own log (SPEC §5.7, HISTORY-NOTES §5.7.6) ------------------------------------------------
+HISTORY_DIR = "/run/sc/history"
+
+
+def history_of(sub, mac):
+    """Every history message of `mac` so far, and their records in order."""
+    msgs = [p for t, p, _ in sub.find(lambda t, p: t == f"{PREFIX}/device/{mac}/history" and isinstance(p, dict))]
+    return msgs, [r for m in msgs for r in m.get("records", [])]
+
+
+def unix(ts):
+    """Seconds since 1970 of an RFC 3339 UTC timestamp (`2026-11-30T01:02:03.456Z`)."""
+    from datetime import datetime
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def check_history(msgs, records, log_now):
+    """The published records are consecutive slots of the monitor's log `log_now` ([[logged_at, V, SoC,
+    °C, flags]] newest first): every value equal, each timestamp within ±2 min of when the record was
+    logged, at most a day per message, messages oldest first. Returns the slots (logged_at) in order."""
+    problems = []
+    for m in msgs:
+        span = unix(m["to"]) - unix(m["from"])
+        if span >= 86400:
+            problems.append(f"a message spans {span / 3600:.1f} h (at most a day)")
+    starts = [unix(m["from"]) for m in msgs]
+    if starts != sorted(starts):
+        problems.append("messages not oldest first")
+    by_slot = {int(e[0]) // 120: e for e in log_now}
+    stamped = [int(unix(r["timestamp"])) // 120 for r in records]
+    if any(b != a + 1 for a, b in zip(stamped, stamped[1:])):
+        problems.append("records are not consecutive 2-minute slots (a duplicate or a gap)")
+    same = lambda r, e: e is not None and (r.get("voltage"), r.get("state_of_charge"), r.get("temperature")) \
+        == (e[1], e[2], e[3])  # noqa: E731
+    # Own slot first: a read of one or two records may look the same one slot off (equal neighbours).
+    offset = next((d for d in (0, 1, -1) if all(same(r, by_slot.get(s + d)) for r, s in zip(records, stamped))),
+                  None)
+    if offset is None:
+        bad = next((r, by_slot.get(s)) for r, s in zip(records, stamped) if not same(r, by_slot.get(s)))
+        raise Fail("; ".join(problems + [f"published record {bad[0]} is not the monitor's {bad[1]}"]))
+    slots = [s + offset for s in stamped]
+    worst = max((abs(unix(r["timestamp"]) - by_slot[s][0]) for r, s in zip(records, slots)), default=0)
+    if worst > 120:
+        problems.append(f"a timestamp is {worst:.0f} s off the time the record was logged (±120 s)")
+    if problems:
+        raise Fail("; ".join(problems))
+    return slots, worst
+
+
+def gateway_read_ms(name):
+    """The last 'N history record(s) read in M ms' of the gateway's log, as (N, M)."""
+    import re
+    found = re.findall(rb"(\d+) history record\(s\) read in (\d+) ms", open(f"{OUT}/{name}.gateway.log", "rb").read())
+    return tuple(map(int, found[-1])) if found else (None, None)
+
+
+def history_sync(name, days=None, state=HISTORY_DIR, want=None):
+    """Run the gateway on the polled BM6 until its download is published and the link released; returns
+    (messages, records, link seconds, (records read, read ms))."""
+    if days is not None:
+        CTL.set("bm6", history_days=days)
+    sub = Subscriber()
+    cfg = config(os.path.basename(state), [(BM6, "BM6", "poll", 300)])
+    gw = Gateway(name, cfg)
+    try:
+        wait_for(lambda: sub.find(reading_of(BM6)), 90, "the BM6's reading")
+        if want:
+            wait_for(lambda: len(history_of(sub, BM6)[1]) >= want, 60, f"{want} history records published")
+        else:
+            wait_for(lambda: history_of(sub, BM6)[0], 60, "a history message")
+        assert_released(BM6, "bm6")
+        msgs, records = history_of(sub, BM6)
+        link = CTL.send(op="state")["bm6"]["last_link_s"]
+        return msgs, records, link, gateway_read_ms(name)
+    finally:
+        gw.stop()
+        sub.close()
+
+
+def forbidden_writes():
+    n = CTL.send(op="state")["bm6"]["forbidden"]
+    if n:
+        raise Fail(f"the gateway wrote {n} command(s) other than the reading and history requests")
+
+
+def history_first():
+    """A polled BM6 with a 3-day log: every record published once, oldest first, ±2 min; link released."""
+    subprocess.run(["rm", "-rf", HISTORY_DIR])
+    msgs, records, link, (read, ms) = history_sync("history_first", days=3, want=2160)
+    slots, worst = check_history(msgs, records, CTL.history("bm6"))
+    if not 2160 <= len(records) <= 2161:
+        raise Fail(f"{len(records)} records published for a 3-day log (2160 or 2161)")
+    forbidden_writes()
+    # Connect (~1-2 s here), reading, 2160 records at ~1500/s, disconnect: ~5 s; 3x slack for a busy host.
+    if link is None or link > 15:
+        raise Fail(f"the link was held {link} s (expected about 5 s)")
+    with open(f"{HISTORY_DIR}/first.json", "w") as f:
+        json.dump({"last_slot": slots[-1], "newest": unix(records[-1]["timestamp"])}, f)
+    return (f"{len(records)} records in {len(msgs)} messages, worst timestamp {worst:.0f} s off; read {read} "
+            f"records in {ms} ms; link held {link} s in all, then released")
+
+
+def history_again():
+    """The same BM6 synced again later (after history_first, registry kept): only records logged since."""
+    if not os.path.exists(f"{HISTORY_DIR}/first.json"):
+        history_first()
+    first = json.load(open(f"{HISTORY_DIR}/first.json"))
+    # A record is logged every 2 minutes: make sure at least one was logged since the first download.
+    while time.time() < first["newest"] + 125:
+        time.sleep(1)
+    msgs, records, link, (read, ms) = history_sync("history_again")
+    slots, worst = check_history(msgs, records, CTL.history("bm6"))
+    if slots[0] != first["last_slot"] + 1:
+        raise Fail(f"the second download starts at slot {slots[0]}, the first ended at {first['last_slot']} "
+                   "(a record twice, or one missing)")
+    forbidden_writes()
+    return (f"{len(records)} new record(s), continuing the first download exactly; read {read} records in "
+            f"{ms} ms; link held {link} s")
+
+
+def history_stream():
+    """A streamed BM6: its log is downloaded on the open link after the first reading; the link streams on."""
+    sub = Subscriber()
+    links = CTL.send(op="state")["bm6"]["links"]
+    gw = Gateway("history_stream", config("history_stream", [(BM6, "BM6", "stream", 2)]))
+    stopped = False
+    try:
+        wait_for(lambda: len(history_of(sub, BM6)[1]) >= 2160, 90, "the streamed BM6's log (>= 2160 records)")
+        mark = len(sub.msgs)
+        wait_for(lambda: len(sub.find(reading_of(BM6), mark)) >= 2, 30, "two streamed readings after the download")
+        msgs, records = history_of(sub, BM6)
+        log_now = CTL.history("bm6")
+        slots, worst = check_history(msgs, records, log_now)
+        if slots[-1] < int(log_now[0][0]) // 120 - 1:
+            raise Fail("the newest records of the log were not published")
+        state = CTL.send(op="state")["bm6"]
+        if state["links"] != links + 1 or state["connections"] != 1:
+            raise Fail(f"want one link held throughout, monitor state {state}")
+        forbidden_writes()
+        read, ms = gateway_read_ms("history_stream")
+        stopped = True
+        expect("gateway exit status after SIGTERM", gw.stop(), 0)
+        assert_released(BM6, "bm6")
+        return (f"{len(records)} records on the open link (read in {ms} ms), worst timestamp {worst:.0f} s off; "
+                "readings streamed on; one link; released at stop")
+    finally:
+        if not stopped:
+            gw.stop()
+        sub.close()
+
+
+def history_week():
+    """Measurement, not a check: a 7-day first sync (5040 records): link time and records per second."""
+    msgs, records, link, (read, ms) = history_sync("history_week", days=7, state="/run/sc/history_week",
+                                                   want=5040)
+    CTL.set("bm6", history_days=3)
+    rate = read / (ms / 1000) if read and ms else None
+    return (f"{len(records)} records published; read {read} in {ms} ms ({rate:.0f} records/s); link held "
+            f"{link} s in all (connect, reading, history, disconnect)")
+
+
+SCENARIOS = [scan_json, read_bm6, history_first, read_bm7, read_after_forget, poll_after_forget, passive_newest,
+             stream_bm2, history_stream, error_1003, error_1004, error_1001, busy_phone, no_phantom_adoption, bluetoothd_sigkill,
+             history_again]
 BY_NAME = {f.__name__: f for f in SCENARIOS}
-EXTRA = {"bluez_info": bluez_info}  # run only when named
+EXTRA = {"bluez_info": bluez_info, "history_week": history_week}  # run only when named
 
 
 def release_all():

@@ -7,17 +7,23 @@
 //!
 //! What it models: advertising every `interval_ms` while a scan runs (an encrypted frame whose company id
 //! changes with the ciphertext, alternating with the iBeacon), connection latency (200–600 ms), the
-//! connection and data timeouts, one central per monitor, stream notifications every `interval_ms`.
+//! connection and data timeouts, one central per monitor, stream notifications every `interval_ms`, and
+//! each monitor's own log (a record every 2 minutes, `history_days` of it at start), downloaded after a
+//! poll's reading or on a stream link at the pace real units send it (`history.rs`; no live frames
+//! meanwhile, HISTORY-NOTES §5.7.2).
 //! What it does not: radio collisions, RSSI fading beyond a few dB, BlueZ caching or forgetting devices,
 //! firmware quirks (the dbusmock and real-BlueZ harnesses cover those).
 //! Must never: decide anything the scheduler decides, or decode a frame.
 
+mod history;
 mod monitor;
 mod site;
 
 use super::radio::{Radio, RadioEvent};
-use super::scheduler::{Action, Heard, PollOutcome};
+use super::scheduler::{Action, Heard, HistoryAsk, PollOutcome};
 use crate::config::{Broadcasts, Config, OUT_OF_RANGE, SimMonitor};
+use crate::devices::history::simulate::{self, SimLog};
+use crate::devices::history::{History, records_to_ask};
 use crate::devices::{APPLE, SERVICE_UUID, Source};
 use crate::mac::Mac;
 use crate::messages::{BluetoothState, LinkError, RawFrame};
@@ -48,6 +54,8 @@ enum Due {
     PollEnd(Mac, u64),
     /// The stream link to `mac` (generation) notifies, or fails to open.
     Stream(Mac, u64),
+    /// A history download on the stream link to `mac` (generation) ends.
+    StreamHistory(Mac, u64),
 }
 
 struct Played {
@@ -59,6 +67,10 @@ struct Played {
     link: u64,
     /// A stream link is open (connected).
     streaming: bool,
+    /// The monitor's own log.
+    log: SimLog,
+    /// A history download runs on the stream link until then: no live notifications meanwhile.
+    quiet_until: Option<Instant>,
 }
 
 pub struct Air {
@@ -72,8 +84,10 @@ pub struct Air {
     /// The air has reported itself available.
     reported: bool,
     rng: fastrand::Rng,
-    /// Poll outcomes waiting for their `PollEnd`.
-    outcomes: HashMap<(Mac, u64), PollOutcome>,
+    /// Poll outcomes waiting for their `PollEnd`, with how long their history download took.
+    outcomes: HashMap<(Mac, u64), (PollOutcome, Duration)>,
+    /// Stream-link history downloads waiting for their `StreamHistory`.
+    histories: HashMap<(Mac, u64), History>,
     /// The origin of the [`TICK`] grid.
     epoch: Instant,
     /// The central slots shared with the other gateways of a site (`simulation.site_dir`).
@@ -93,6 +107,7 @@ impl Air {
             reported: false,
             rng: fastrand::Rng::with_seed(0x5eed),
             outcomes: HashMap::new(),
+            histories: HashMap::new(),
             epoch: Instant::now(),
             site: site::Site::new(&config.simulation.site_dir, &config.gateway.id),
         };
@@ -117,8 +132,24 @@ impl Air {
                     ..SimMonitor::default()
                 });
             let fresh = Monitor::new(d);
+            let log = SimLog::new(
+                simulate::seed(d.mac),
+                chrono::Utc::now() - chrono::Duration::days(i64::from(behaviour.history_days)),
+            );
             let played = match old.remove(&d.mac) {
-                Some(p) if p.monitor.model == fresh.model => Played { behaviour, ..p },
+                Some(p) if p.monitor.model == fresh.model => {
+                    // The log stays unless its back-log was changed.
+                    let log = if p.behaviour.history_days == behaviour.history_days {
+                        p.log.clone()
+                    } else {
+                        log
+                    };
+                    Played {
+                        behaviour,
+                        log,
+                        ..p
+                    }
+                }
                 _ => {
                     // Spread the monitors' adverts over the interval, as a real fleet is.
                     let offset = interval.mul_f64(i as f64 / config.devices.len().max(1) as f64);
@@ -129,6 +160,8 @@ impl Air {
                         beacon_next: true,
                         link: 0,
                         streaming: false,
+                        log,
+                        quiet_until: None,
                     }
                 }
             };
@@ -198,8 +231,9 @@ impl Air {
         })
     }
 
-    /// Start a poll or a stream link to `mac`: decide now how it ends and when.
-    fn connect(&mut self, mac: Mac, stream: bool) {
+    /// Start a poll (with a download of the log when `history` asks) or a stream link to `mac`: decide now
+    /// how it ends and when.
+    fn connect(&mut self, mac: Mac, stream: bool, history: Option<HistoryAsk>) {
         self.generation += 1;
         let generation = self.generation;
         let timeout = Duration::from_secs(self.config.bluetooth.connection_timeout);
@@ -209,7 +243,8 @@ impl Air {
         let now = Instant::now();
         let Some(p) = self.monitors.get_mut(&mac) else {
             let outcome = PollOutcome::failed(None, LinkError::NotFound);
-            self.outcomes.insert((mac, generation), outcome);
+            self.outcomes
+                .insert((mac, generation), (outcome, Duration::ZERO));
             self.at(now + latency, Due::PollEnd(mac, generation));
             return;
         };
@@ -235,26 +270,50 @@ impl Air {
                 Err(LinkError::NoData) => p.streaming = true,
                 Err(e) => {
                     let outcome = PollOutcome::failed(model, e);
-                    self.outcomes.insert((mac, generation), outcome);
+                    self.outcomes
+                        .insert((mac, generation), (outcome, Duration::ZERO));
                     self.at(now + after, Due::Stream(mac, generation));
                 }
             }
             return;
         }
+        let mut took = Duration::ZERO;
         let outcome = match result {
             Ok(()) => {
                 p.monitor.drift();
+                // After the reading, in the same connection: the records the scheduler asked for.
+                let history = history.map(|ask| {
+                    let (h, t) = read_log(p, &ask, after);
+                    took = t;
+                    h
+                });
                 PollOutcome {
                     frames: vec![gatt(mac, p, &mut self.rng)],
                     result: Ok(()),
                     model,
-                    history: None,
+                    history,
                 }
             }
             Err(e) => PollOutcome::failed(model, e),
         };
-        self.outcomes.insert((mac, generation), outcome);
-        self.at(now + after, Due::PollEnd(mac, generation));
+        self.outcomes.insert((mac, generation), (outcome, took));
+        self.at(now + after + took, Due::PollEnd(mac, generation));
+    }
+
+    /// Download the log on `mac`'s open stream link, between two live notifications.
+    fn stream_history(&mut self, mac: Mac, ask: &HistoryAsk) {
+        let now = Instant::now();
+        let Some(p) = self.monitors.get_mut(&mac) else {
+            return;
+        };
+        if p.link == 0 || !p.streaming {
+            return;
+        }
+        let (h, took) = read_log(p, ask, Duration::ZERO);
+        p.quiet_until = Some(now + took);
+        let generation = p.link;
+        self.histories.insert((mac, generation), h);
+        self.at(now + took, Due::StreamHistory(mac, generation));
     }
 
     /// Turn one due item into an event, if it makes one.
@@ -280,10 +339,12 @@ impl Air {
                 self.scanning.then(|| RadioEvent::Advert(foreign_mac(n)))
             }
             Due::PollEnd(mac, generation) => {
-                let mut outcome = self.outcomes.remove(&(mac, generation))?;
-                // The reply arrives now, at the end of the poll.
+                let (mut outcome, took) = self.outcomes.remove(&(mac, generation))?;
+                // The reply arrived before the history download, which ends now with the poll.
+                let replied =
+                    chrono::Utc::now() - chrono::Duration::from_std(took).unwrap_or_default();
                 for f in &mut outcome.frames {
-                    f.received_at = chrono::Utc::now();
+                    f.received_at = replied;
                 }
                 if let Some(p) = self.monitors.get_mut(&mac)
                     && p.link == generation
@@ -294,7 +355,7 @@ impl Air {
                 Some(RadioEvent::PollDone(mac, outcome))
             }
             Due::Stream(mac, generation) => {
-                if let Some(outcome) = self.outcomes.remove(&(mac, generation)) {
+                if let Some((outcome, _)) = self.outcomes.remove(&(mac, generation)) {
                     self.disconnect(mac);
                     let error = outcome.result.err().unwrap_or(LinkError::NoData);
                     return Some(RadioEvent::StreamEnded(mac, error));
@@ -304,13 +365,42 @@ impl Air {
                 if p.link != generation || !p.streaming {
                     return None;
                 }
+                if p.quiet_until.is_some_and(|t| when < t) {
+                    // A history download holds the link: the 1 Hz stream pauses.
+                    self.at(when + interval, Due::Stream(mac, generation));
+                    return None;
+                }
                 p.monitor.drift();
                 let frame = gatt(mac, p, &mut self.rng);
                 self.at(when + interval, Due::Stream(mac, generation));
                 Some(RadioEvent::StreamFrame(frame))
             }
+            Due::StreamHistory(mac, generation) => {
+                let h = self.histories.remove(&(mac, generation))?;
+                let p = self.monitors.get_mut(&mac)?;
+                if p.link != generation {
+                    return None;
+                }
+                p.quiet_until = None;
+                Some(RadioEvent::StreamHistory(mac, h))
+            }
         }
     }
+}
+
+/// Play a download of `p`'s log for `ask`, starting `after` from now: what the read returns and how long
+/// it holds the link.
+fn read_log(p: &Played, ask: &HistoryAsk, after: Duration) -> (History, Duration) {
+    let wall = chrono::Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+    let want = records_to_ask(ask.last.as_ref(), wall, ask.initial_days);
+    let (h, took) = history::download(p.monitor.model, &p.log, want, wall);
+    log::debug!(
+        "{}: {} history record(s) of {want} asked for, read on the simulated air in {} ms",
+        p.monitor.model,
+        h.records.len(),
+        took.as_millis()
+    );
+    (h, took)
 }
 
 fn gatt(mac: Mac, p: &Played, rng: &mut fastrand::Rng) -> RawFrame {
@@ -377,15 +467,17 @@ impl Radio for Air {
         match action {
             Action::StartScan => self.scanning = true,
             Action::StopScan => self.scanning = false,
-            Action::Poll { mac, .. } => self.connect(mac, false),
-            Action::OpenStream { mac, .. } => self.connect(mac, true),
+            Action::Poll { mac, history, .. } => self.connect(mac, false, history),
+            Action::OpenStream { mac, .. } => self.connect(mac, true, None),
             Action::CloseStream { mac } => {
                 if let Some(p) = self.monitors.get_mut(&mac) {
                     p.link = 0;
                     p.streaming = false;
+                    p.quiet_until = None;
                 }
                 self.disconnect(mac);
             }
+            Action::StreamHistory { mac, ask } => self.stream_history(mac, &ask),
             Action::Emit(_) => {}
         }
     }

@@ -3,6 +3,7 @@
 //! downstream of the radio runs for real. A device without `type` is played as a BM6.
 
 use crate::config::DeviceConf;
+use crate::devices::history::simulate;
 use crate::devices::{self, Measurement, Model};
 use crate::mac::Mac;
 
@@ -21,12 +22,7 @@ impl Monitor {
             .model()
             .or_else(|| Model::by_name(DEFAULT_MODEL))
             .unwrap_or(Model(devices::ALL[0]));
-        let seed = d
-            .mac
-            .0
-            .iter()
-            .fold(0u64, |a, b| a.wrapping_mul(257).wrapping_add(u64::from(*b)));
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut rng = fastrand::Rng::with_seed(simulate::seed(d.mac));
         let voltage = 12.3 + rng.f64() * 0.6;
         let mut m = Monitor {
             model,

@@ -458,6 +458,7 @@ impl Scheduler {
         match (&d.phase, d.mode) {
             (Phase::Connected, Mode::Stream) => {
                 d.phase = Phase::Idle;
+                d.history_running = false;
                 self.out.push(Action::CloseStream { mac });
             }
             (Phase::Connected, _) => {}

@@ -63,6 +63,8 @@ pub(super) struct Dev {
     pub(super) rssi_avg: Option<f32>,
     /// When it was last heard, by the radio's wall-clock stamp.
     pub(super) seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A download of its log runs on its stream link now (asked, not reported yet).
+    pub(super) history_running: bool,
 }
 
 impl Dev {
@@ -105,6 +107,7 @@ impl Dev {
             releasing: false,
             rssi_avg: None,
             seen_at: None,
+            history_running: false,
         }
     }
 

@@ -105,6 +105,12 @@ pub enum Action {
     CloseStream {
         mac: Mac,
     },
+    /// Download the monitor's own log on its open stream link, between two live frames (SPEC §5.7); the
+    /// link reports the read through [`Scheduler::stream_history`] and keeps streaming.
+    StreamHistory {
+        mac: Mac,
+        ask: HistoryAsk,
+    },
     /// Hand this to the decode stage.
     Emit(BleEvent),
 }

@@ -51,9 +51,10 @@ pub const STREAM_RETRY_CAP: Duration = Duration::from_secs(60);
 /// How long a passive device must have been heard without an encrypted frame before its iBeacon is used
 /// (at most; one poll interval when that is shorter).
 pub const IBEACON_WAIT: Duration = Duration::from_secs(10);
-/// A polled monitor's own log is downloaded again (in the same connection, after the live reading) when
-/// the last download is older than this: often enough that the 2-minute records fill every gap between
-/// polls, rarely enough that the link (and the owner's phone app) is not held for it on every poll.
+/// A polled or streamed monitor's own log is downloaded again (in the same connection, after a live
+/// reading) when the last download is older than this: often enough that the 2-minute records fill every
+/// gap between polls or stream links, rarely enough that the link (and the owner's phone app) is not held
+/// for it on every poll.
 pub const HISTORY_GAP: Duration = Duration::from_secs(1800);
 /// Pause before asking BlueZ again to start discovery after it refused.
 pub const SCAN_RETRY: Duration = Duration::from_secs(5);
@@ -204,6 +205,7 @@ impl Scheduler {
         for d in self.devices.values_mut() {
             d.pending = None;
             d.attempt = 0;
+            d.history_running = false;
             d.phase = match d.mode {
                 Mode::Stream => Phase::StreamClosed { at: now },
                 _ => Phase::Idle,
@@ -484,6 +486,7 @@ impl Scheduler {
                         let was_streaming = old.1 == Mode::Stream && d.holds_slot();
                         if was_streaming {
                             self.out.push(Action::CloseStream { mac: c.mac });
+                            d.history_running = false;
                         }
                         if !(d.phase == Phase::Connected && old.1 == Mode::Poll) {
                             let fresh = Dev::new(d.model, mode, interval, false, now);
@@ -616,5 +619,7 @@ impl Scheduler {
     }
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod tests;

@@ -11,9 +11,11 @@ use std::time::Instant;
 
 impl Scheduler {
     /// A notification arrived on a stream link: the newest is handed on at most once per interval.
+    /// Then the monitor's own log is asked for when it is due.
     pub fn stream_frame(&mut self, frame: RawFrame, now: Instant) {
         self.earliest = None;
-        let Some(d) = self.devices.get_mut(&frame.mac) else {
+        let mac = frame.mac;
+        let Some(d) = self.devices.get_mut(&mac) else {
             return;
         };
         if d.mode != Mode::Stream || d.phase != Phase::Connected {
@@ -31,6 +33,7 @@ impl Scheduler {
         } else {
             d.pending = Some(frame);
         }
+        self.stream_history_due(mac, now);
     }
 
     /// A stream link ended (dropped, refused, or its task failed): report it and open it again later.
@@ -46,6 +49,8 @@ impl Scheduler {
         d.stream_retry = (d.stream_retry * 2).min(STREAM_RETRY_CAP);
         d.phase = Phase::StreamClosed { at };
         d.pending = None;
+        // A download that was running ended with the link (its partial read may still be reported).
+        d.history_running = false;
         let model = d.model;
         if error != LinkError::AdapterUnavailable && !self.stopping {
             self.failed(mac, model, error);

@@ -5,14 +5,14 @@ use crate::devices::{SERVICE_UUID, Source, encrypt_frame};
 use crate::messages::RawFrame;
 use std::path::Path;
 
-const A: &str = "AA:BB:CC:00:00:01";
+pub(super) const A: &str = "AA:BB:CC:00:00:01";
 const B: &str = "AA:BB:CC:00:00:02";
 
-fn mac(s: &str) -> Mac {
+pub(super) fn mac(s: &str) -> Mac {
     s.parse().unwrap()
 }
 
-fn config(text: &str) -> Arc<Config> {
+pub(super) fn config(text: &str) -> Arc<Config> {
     Arc::new(Config::from_toml(text, Path::new("t.toml"), std::iter::empty()).unwrap())
 }
 
@@ -23,7 +23,7 @@ fn two_polled() -> Arc<Config> {
     ))
 }
 
-fn heard(m: &str) -> Heard {
+pub(super) fn heard(m: &str) -> Heard {
     Heard {
         mac: mac(m),
         at: chrono::Utc::now(),
@@ -48,7 +48,7 @@ fn bm6_advert(m: &str, volts: f64) -> (u16, Vec<u8>) {
     (u16::from_le_bytes([f[0], f[1]]), f[2..].to_vec())
 }
 
-fn ok(m: &str) -> PollOutcome {
+pub(super) fn ok(m: &str) -> PollOutcome {
     PollOutcome {
         frames: vec![RawFrame {
             mac: mac(m),
@@ -97,7 +97,7 @@ fn frames(actions: &[Action]) -> usize {
         .count()
 }
 
-fn started(config: Arc<Config>, t0: Instant) -> Scheduler {
+pub(super) fn started(config: Arc<Config>, t0: Instant) -> Scheduler {
     let mut s = Scheduler::new(config, Memory::default(), t0);
     s.adapter_available(BluetoothState::Active, t0);
     s

@@ -134,6 +134,21 @@ pub struct History {
     pub pages: Vec<PageLog>,
 }
 
+impl History {
+    /// A read of `model` asked for at `at` that got nothing: no request could be sent (the link cannot
+    /// carry the history notifications, HISTORY-NOTES §5.7.1).
+    pub fn empty(model: Model, at: DateTime<Utc>) -> History {
+        History {
+            model: model.name(),
+            requested_at: at,
+            records: Vec::new(),
+            log_end: false,
+            shifts: 0,
+            pages: Vec::new(),
+        }
+    }
+}
+
 /// One request and its reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageLog {

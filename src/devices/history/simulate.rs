@@ -1,9 +1,87 @@
 //! The monitor's side of a history read, for simulated monitors and tests: what a BM6/BM7 sends back for
 //! `d1 55 05` as AK measured it (HISTORY-NOTES §5.7.2), and what a BM2 sends for `e7`/`e3` as KD's code
-//! expects it (§5.7.4) — including the raw-memory trap of a start index past the end of the log.
+//! expects it (§5.7.4) — including the raw-memory trap of a start index past the end of the log — and a
+//! monitor's log as a function of the wall clock ([`SimLog`]).
 
-use super::Protocol;
+use super::{Protocol, RECORD_SECONDS};
 use crate::devices::{Model, crypto};
+use crate::mac::Mac;
+use chrono::{DateTime, Utc};
+
+/// Most records a BM6 keeps: it drops the oldest 1024 at a limit between 50591 and 51281 records, 51200
+/// (≈ 71.1 days) being the hypothesis `[1src: AK @6848e29]`.
+pub const CAPACITY: usize = 51200;
+
+/// A simulated monitor's log as a function of the wall clock: one record every [`RECORD_SECONDS`]
+/// (2 min) on a fixed grid (Unix time, shifted by a per-monitor phase of 0–119 s), each record's bytes a
+/// function of its slot and the seed only. So two reads, and two runs of the gateway, see the same records
+/// at the same times, and new ones appear as time passes, exactly as a monitor that logs on its own.
+/// The log holds the slots from `began` on (at most [`CAPACITY`]). Values: a daily swing of ±0.6 V around
+/// 12.0 V plus up to 0.04 V of noise, SoC following the voltage, 12–24 °C, no flags (BM6 record layout,
+/// HISTORY-NOTES §5.7.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimLog {
+    seed: u64,
+    phase: i64,
+    began: DateTime<Utc>,
+}
+
+impl SimLog {
+    /// The log of the monitor `seed`, holding every record logged since `began`.
+    pub fn new(seed: u64, began: DateTime<Utc>) -> SimLog {
+        SimLog {
+            seed,
+            phase: (mix(seed) % RECORD_SECONDS as u64) as i64,
+            began,
+        }
+    }
+
+    /// The slot of the newest record logged at or before `t` (slots count 2-minute steps of the grid).
+    pub fn slot(&self, t: DateTime<Utc>) -> i64 {
+        (t.timestamp() - self.phase).div_euclid(RECORD_SECONDS)
+    }
+
+    /// When the record of `slot` was logged.
+    pub fn logged_at(&self, slot: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(slot * RECORD_SECONDS + self.phase, 0).unwrap_or(self.began)
+    }
+
+    /// The 4 bytes of the record of `slot`.
+    pub fn record(&self, slot: i64) -> [u8; 4] {
+        let day = std::f64::consts::TAU * slot.rem_euclid(720) as f64 / 720.0;
+        let noise = (mix(self.seed ^ slot as u64) % 5) as f64;
+        let cv = (1200.0 + 60.0 * day.sin() + noise).round() as u32;
+        let soc = cv.saturating_sub(1180).min(100);
+        let temp = (18.0 + 6.0 * day.cos()).round() as u32;
+        ((cv << 20) | (soc << 12) | (temp << 4)).to_be_bytes()
+    }
+
+    /// The log as the monitor holds it at `now`, newest first (index 0 = the newest record).
+    pub fn at(&self, now: DateTime<Utc>) -> Vec<[u8; 4]> {
+        let newest = self.slot(now);
+        let oldest = self.slot(self.began - chrono::Duration::seconds(1)) + 1;
+        let n = usize::try_from(newest - oldest + 1)
+            .unwrap_or(0)
+            .min(CAPACITY);
+        (0..n as i64).map(|k| self.record(newest - k)).collect()
+    }
+}
+
+/// The seed of everything random about the simulated monitor at `mac` (its live values, its log): the
+/// same in every run, so a test can rebuild the log a gateway downloads.
+pub fn seed(mac: Mac) -> u64 {
+    mac.0
+        .iter()
+        .fold(0u64, |a, b| a.wrapping_mul(257).wrapping_add(u64::from(*b)))
+}
+
+/// SplitMix64: a well-spread hash of `x` (noise and phase that look random but never change).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// What a slot past the end of a BM6 log reads as: old memory, plausible-looking (12.46 V) `[hw: AK
 /// trap 1]`.
@@ -149,6 +227,34 @@ mod tests {
         assert_eq!(plain(bm6, &empty[1])[0][5], 12);
         // Anything else is ignored.
         assert_eq!(answer(bm6, &l, &count_request()), None);
+    }
+
+    #[test]
+    fn a_simulated_log_grows_every_two_minutes_and_keeps_its_records() {
+        let began = Utc::now() - chrono::Duration::days(3);
+        let sim = SimLog::new(42, began);
+        let now = began + chrono::Duration::days(3);
+        let first = sim.at(now);
+        assert!((2160..=2161).contains(&first.len()), "{}", first.len());
+        // Two minutes later: one record more at index 0, the others unchanged one place further.
+        let later = sim.at(now + chrono::Duration::seconds(120));
+        assert_eq!(later.len(), first.len() + 1);
+        assert_eq!(later[1..], first[..]);
+        // Newest record logged within the last 2 minutes; values decode and stay plausible.
+        let newest = sim.logged_at(sim.slot(now));
+        assert!(newest <= now && now - newest < chrono::Duration::seconds(120));
+        for r in &first {
+            let s = decode_record(Protocol::Indexed, *r).unwrap();
+            assert!((11.3..=12.7).contains(&s.voltage), "{}", s.voltage);
+            assert!(s.temperature.is_some_and(|t| (12.0..=24.0).contains(&t)));
+        }
+        // Capacity: a log older than the monitor keeps holds only the newest CAPACITY records.
+        let old = SimLog::new(42, now - chrono::Duration::days(80));
+        assert_eq!(old.at(now).len(), CAPACITY);
+        assert_eq!(
+            SimLog::new(42, now + chrono::Duration::hours(1)).at(now),
+            Vec::<[u8; 4]>::new()
+        );
     }
 
     #[test]
