@@ -140,7 +140,7 @@ fn a_polled_bm6_with_a_three_day_log_publishes_it_once_and_after_a_restart_only_
     let log = SimLog::new(seed(MAC.parse::<Mac>().unwrap()), Utc::now());
     let mut gw = Gateway::start(&config(broker.port, &state, "poll"));
     wait_records(&mut sub, *THREE_DAYS.start());
-    // Two more polls: readings, and the log not again (the next download is 30 minutes away).
+    // Two more polls: readings, and the log not again (the next download is 5 minutes away).
     wait_readings(&mut sub, 2);
     stop(&mut gw);
     let first = batches(&sub);

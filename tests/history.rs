@@ -230,7 +230,7 @@ fn a_seven_day_first_sync() {
 
 /// The gateway itself (`run`, poll mode): after the live reading, in the same connection, it downloads
 /// the log and publishes every record once on `P/device/{mac}/history`, oldest first, at most a day per
-/// message, then disconnects; the next polls do not download again (30 minutes apart at the least), and
+/// message, then disconnects; the next polls do not download again (5 minutes apart at the least), and
 /// the registry remembers where the read ended.
 #[test]
 fn the_gateway_publishes_a_polled_monitors_log_once_with_the_reading() {

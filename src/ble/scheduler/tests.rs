@@ -458,7 +458,7 @@ fn a_polled_bm6_downloads_its_log_with_the_reading_and_publishes_only_what_is_ne
     use crate::devices::history::{History, Protocol, Record, decode_record, timestamp};
     let t0 = Instant::now();
     let c = config(&format!(
-        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 600\n"
+        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 60\n"
     ));
     let mut s = started(c, t0);
     s.heard(heard(A), t0);
@@ -513,14 +513,14 @@ fn a_polled_bm6_downloads_its_log_with_the_reading_and_publishes_only_what_is_ne
         })
         .collect();
     assert_eq!(published, vec![3]);
-    // The next poll, 10 minutes later: no new download yet (HISTORY_GAP is 30 minutes).
-    s.heard(heard(A), t0 + Duration::from_secs(605));
-    s.tick(t0 + Duration::from_secs(605));
+    // The next poll, a minute later: no new download yet (HISTORY_GAP is 5 minutes).
+    s.heard(heard(A), t0 + Duration::from_secs(65));
+    s.tick(t0 + Duration::from_secs(65));
     assert_eq!(asks(&s.take_actions()), vec![None]);
-    s.poll_done(mac(A), ok(A), t0 + Duration::from_secs(606));
+    s.poll_done(mac(A), ok(A), t0 + Duration::from_secs(66));
     s.take_actions();
-    // 40 minutes on: due again.
-    let later = t0 + Duration::from_secs(2405);
+    // Past HISTORY_GAP: due again.
+    let later = t0 + Duration::from_secs(5) + HISTORY_GAP + Duration::from_secs(60);
     s.heard(heard(A), later);
     s.tick(later);
     let ask = asks(&s.take_actions())
