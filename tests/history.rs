@@ -228,54 +228,93 @@ fn a_seven_day_first_sync() {
     );
 }
 
+/// Records in the 3-day log of [`LoggedBm6`]: 2160 slots, one of them empty.
+const LOGGED: usize = 2159;
+
+/// A BM6 with a 3-day log on the mocked BlueZ, a broker with a subscriber to its device topics, and the
+/// gateway (`run`) reading it with the device settings `device` (mode, interval).
+struct LoggedBm6 {
+    bluez: FakeBluez,
+    broker: common::Mosquitto,
+    sub: common::Subscriber,
+    state: TempDir,
+    gw: common::Gateway,
+}
+
+impl LoggedBm6 {
+    fn start(device: &str) -> LoggedBm6 {
+        const REQUEST: &str = "697ea0b5d54cf024e794772355554114";
+        const READING: &str = "71543b749f6f614dd6333f21546f681d";
+        let log = log(3 * 720);
+        let scenario = json!({"adapter": "hci0", "devices": [{
+            "address": MAC, "name": "BM6", "rssi": -60, "mtu": 247, "notify_ms": 2,
+            "request": REQUEST, "replies": [READING],
+            "answers": { request(0, 5040): [reply(&log, 0, 5040)] }
+        }]});
+        let bluez = FakeBluez::start(&scenario);
+        let broker = common::Mosquitto::start();
+        let sub = common::Subscriber::connect(broker.port, "battery_hawk/device/#");
+        let state = TempDir::new("state");
+        let config = format!(
+            "[gateway]\nid = \"hist-gw\"\nstate_dir = \"{}\"\n[logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
+             [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n\
+             [bluetooth]\nconnection_timeout = 5\ndata_wait_timeout = 2\n[discovery]\nscan_duration = 1\n\
+             [[device]]\nmac = \"{MAC}\"\ntype = \"BM6\"\n{device}",
+            state.path().display(),
+            broker.port
+        );
+        let gw =
+            common::Gateway::start_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)]);
+        LoggedBm6 {
+            bluez,
+            broker,
+            sub,
+            state,
+            gw,
+        }
+    }
+}
+
+/// Records published on the history topic so far.
+fn history_records(sub: &common::Subscriber) -> usize {
+    sub.seen
+        .iter()
+        .filter(|r| r.topic.ends_with("/history"))
+        .map(|r| r.json()["records"].as_array().unwrap().len())
+        .sum()
+}
+
+/// Wait (at most `t`) until every record of the log was published.
+fn wait_records(sub: &mut common::Subscriber, gw: &common::Gateway, t: std::time::Duration) {
+    let deadline = std::time::Instant::now() + t;
+    while history_records(sub) < LOGGED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records published\n{}",
+            history_records(sub),
+            gw.log()
+        );
+        sub.drain_for(std::time::Duration::from_millis(200));
+    }
+}
+
 /// The gateway itself (`run`, poll mode): after the live reading, in the same connection, it downloads
 /// the log and publishes every record once on `P/device/{mac}/history`, oldest first, at most a day per
 /// message, then disconnects; the next polls do not download again (5 minutes apart at the least), and
 /// the registry remembers where the read ended.
 #[test]
 fn the_gateway_publishes_a_polled_monitors_log_once_with_the_reading() {
-    const REQUEST: &str = "697ea0b5d54cf024e794772355554114";
-    const READING: &str = "71543b749f6f614dd6333f21546f681d";
-    let log = log(3 * 720);
-    let scenario = json!({"adapter": "hci0", "devices": [{
-        "address": MAC, "name": "BM6", "rssi": -60, "mtu": 247, "notify_ms": 2,
-        "request": REQUEST, "replies": [READING],
-        "answers": { request(0, 5040): [reply(&log, 0, 5040)] }
-    }]});
-    let bluez = FakeBluez::start(&scenario);
-    let broker = common::Mosquitto::start();
-    let mut sub = common::Subscriber::connect(broker.port, "battery_hawk/device/#");
-    let state = TempDir::new("state");
-    let config = format!(
-        "[gateway]\nid = \"hist-gw\"\nstate_dir = \"{}\"\n[logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
-         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n\
-         [bluetooth]\nconnection_timeout = 5\ndata_wait_timeout = 2\n[discovery]\nscan_duration = 1\n\
-         [[device]]\nmac = \"{MAC}\"\ntype = \"BM6\"\npoll_interval = 2\n",
-        state.path().display(),
-        broker.port
-    );
     let before = Utc::now();
-    let mut gw =
-        common::Gateway::start_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)]);
+    let LoggedBm6 {
+        bluez,
+        broker: _broker,
+        mut sub,
+        state,
+        mut gw,
+    } = LoggedBm6::start("poll_interval = 2\n");
     let t = std::time::Duration::from_secs(30);
     sub.wait_for(t, "the live reading", |r| r.topic.ends_with("/reading"));
-    // 2160 slots, one of them empty: 2159 readings.
-    let count = |sub: &common::Subscriber| -> usize {
-        sub.seen
-            .iter()
-            .filter(|r| r.topic.ends_with("/history"))
-            .map(|r| r.json()["records"].as_array().unwrap().len())
-            .sum()
-    };
-    let deadline = std::time::Instant::now() + t;
-    while count(&sub) < 2159 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} records published",
-            count(&sub)
-        );
-        sub.drain_for(std::time::Duration::from_millis(200));
-    }
+    wait_records(&mut sub, &gw, t);
     // Two more polls: the reading again, the log not again.
     for _ in 0..2 {
         sub.seen.retain(|r| !r.topic.ends_with("/reading"));
@@ -288,7 +327,7 @@ fn the_gateway_publishes_a_polled_monitors_log_once_with_the_reading() {
         .filter(|r| r.topic.ends_with("/history"))
         .map(|r| r.json())
         .collect();
-    assert_eq!(count(&sub), 2159, "every record once");
+    assert_eq!(history_records(&sub), LOGGED, "every record once");
     assert!(
         batches.len() >= 3 && batches.len() <= 4,
         "{} batches for 3 days",
@@ -330,49 +369,18 @@ fn the_gateway_publishes_a_polled_monitors_log_once_with_the_reading() {
 /// that same link (no second connection), publishes every record once, and the link goes on streaming.
 #[test]
 fn the_gateway_downloads_a_streamed_monitors_log_on_its_open_link() {
-    const REQUEST: &str = "697ea0b5d54cf024e794772355554114";
-    const READING: &str = "71543b749f6f614dd6333f21546f681d";
-    let log = log(3 * 720);
-    let scenario = json!({"adapter": "hci0", "devices": [{
-        "address": MAC, "name": "BM6", "rssi": -60, "mtu": 247, "notify_ms": 2,
-        "request": REQUEST, "replies": [READING],
-        "answers": { request(0, 5040): [reply(&log, 0, 5040)] }
-    }]});
-    let bluez = FakeBluez::start(&scenario);
-    let broker = common::Mosquitto::start();
-    let mut sub = common::Subscriber::connect(broker.port, "battery_hawk/device/#");
-    let state = TempDir::new("state");
-    let config = format!(
-        "[gateway]\nid = \"hist-gw\"\nstate_dir = \"{}\"\n[logging]\nlevel = \"debug\"\ntarget = \"stderr\"\n\
-         [mqtt]\nbroker = \"127.0.0.1\"\nport = {}\n\
-         [bluetooth]\nconnection_timeout = 5\ndata_wait_timeout = 2\n[discovery]\nscan_duration = 1\n\
-         [[device]]\nmac = \"{MAC}\"\ntype = \"BM6\"\nmode = \"stream\"\npoll_interval = 1\n",
-        state.path().display(),
-        broker.port
-    );
-    let mut gw =
-        common::Gateway::start_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)]);
+    let LoggedBm6 {
+        bluez,
+        broker: _broker,
+        mut sub,
+        state: _state,
+        mut gw,
+    } = LoggedBm6::start("mode = \"stream\"\npoll_interval = 1\n");
     let t = std::time::Duration::from_secs(30);
     sub.wait_for(t, "the first streamed reading", |r| {
         r.topic.ends_with("/reading")
     });
-    let count = |sub: &common::Subscriber| -> usize {
-        sub.seen
-            .iter()
-            .filter(|r| r.topic.ends_with("/history"))
-            .map(|r| r.json()["records"].as_array().unwrap().len())
-            .sum()
-    };
-    let deadline = std::time::Instant::now() + t;
-    while count(&sub) < 2159 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} records published\n{}",
-            count(&sub),
-            gw.log()
-        );
-        sub.drain_for(std::time::Duration::from_millis(200));
-    }
+    wait_records(&mut sub, &gw, t);
     // The link streams on after the download.
     for _ in 0..2 {
         sub.seen.retain(|r| !r.topic.ends_with("/reading"));
@@ -380,7 +388,7 @@ fn the_gateway_downloads_a_streamed_monitors_log_on_its_open_link() {
             r.topic.ends_with("/reading")
         });
     }
-    assert_eq!(count(&sub), 2159, "every record once");
+    assert_eq!(history_records(&sub), LOGGED, "every record once");
     assert_eq!(bluez.device_calls(MAC, "Connect"), 1, "one link for all");
     assert_eq!(
         bluez.device_calls(MAC, "Disconnect"),
