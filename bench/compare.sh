@@ -38,7 +38,7 @@ count() {
   local pid=$!
   sleep 2
   local n
-  n=$(timeout "$WINDOW" mosquitto_sub -p "$port" -q ${SUB_QOS:-0} -t "$filter" 2>/dev/null | wc -l || true)
+  n=$(timeout -k 2 "$WINDOW" mosquitto_sub -p "$port" -q ${SUB_QOS:-0} -t "$filter" 2>/dev/null | wc -l || true)
   kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
   echo $(( n / WINDOW ))
 }
