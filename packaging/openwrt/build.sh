@@ -30,7 +30,7 @@ if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
 fi
 rustup component add rust-src >/dev/null
 start=$(date +%s)
-PATH="$PWD/$venv/bin:$PATH" RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no" \
+PATH="$PWD/$venv/bin:$PATH" RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no" CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
   cargo zigbuild -Zbuild-std=std,panic_abort --release --locked --no-default-features \
   --target "$t" --target-dir target/musl
 mkdir -p target/openwrt
