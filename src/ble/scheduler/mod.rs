@@ -310,7 +310,9 @@ impl Scheduler {
             d.phase = Phase::Queued { since: now };
             changed = true;
         }
-        if let Some(rssi) = h.rssi {
+        if let Some(rssi) = h.rssi
+            && self.cluster.is_some()
+        {
             self.cluster_heard(mac, rssi);
         }
         if self
