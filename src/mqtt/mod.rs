@@ -14,6 +14,7 @@ mod connection;
 pub mod demo;
 pub mod history;
 pub mod homeassistant;
+pub mod incoming;
 mod link;
 mod lock;
 pub mod outbox;

@@ -7,9 +7,10 @@
 use super::clock::{self, Held};
 use super::connection::{MAX_INCOMING, MAX_PACKET, Net, Progress, qos};
 use super::homeassistant;
+use super::incoming::{self, Incoming};
 use super::link::{Diagnosis, Finding, IN_A_ROW, Loss};
 use super::outbox::Outbox;
-use super::payload::{self, Incoming, LocalStatus, Message, Renderer};
+use super::payload::{self, LocalStatus, Message, Renderer};
 use super::{HA_GRACE, INPUT_BATCH, WINDOW};
 use crate::ble::FactSender;
 use crate::config::Config;
@@ -393,7 +394,7 @@ impl OutboxStage {
 
     fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
         if let Some((facts, fleet)) = &self.cluster
-            && let Some(message) = self.renderer.cluster_message(topic, payload)
+            && let Some(message) = incoming::parse(&self.renderer.topics, topic, payload)
         {
             match message {
                 Ok(Incoming::Fact(fact)) => facts.send(fact),
