@@ -11,8 +11,8 @@ use crate::mac::Mac;
 use crate::messages::RemoteStatus;
 use crate::messages::{
     AssociationOut, BluetoothState, DecodedReading, DeviceStatusOut, FleetEvent, HearsOut,
-    LatestReading, LinkError, Notice, Outbound, OwnerClaim, OwnerOut, ReadingOut, Removed,
-    Sighting, SummaryDevice, SummaryOut, SystemSnapshot,
+    LatestReading, LinkError, Notice, Outbound, ReadingOut, Removed, Sighting, SummaryDevice,
+    SummaryOut, SystemSnapshot,
 };
 use crate::mqtt::clock::is_sane;
 use chrono::{DateTime, Utc};
@@ -235,69 +235,6 @@ impl Fleet {
         }));
         self.publish_status(mac, now, out);
         if let Some(v) = vehicle_id {
-            self.refresh_summary(&v, now, out);
-        }
-    }
-
-    /// Whether this gateway publishes for `mac`: always on its own; in a cluster, while it holds it.
-    fn serves(&self, mac: &Mac) -> bool {
-        !self.config.cluster.enabled || self.held.contains(mac)
-    }
-
-    fn publish_status(&self, mac: Mac, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
-        if self.serves(&mac) {
-            out.push(Outbound::DeviceStatus(self.status(mac, now)));
-        }
-    }
-
-    /// Another gateway's status of a monitor (SPEC §6): kept for the summary of its vehicle, which is
-    /// refreshed if this gateway publishes it. Our own statuses, echoed by the broker, are ignored.
-    fn on_remote(&mut self, status: RemoteStatus, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
-        let mac = status.mac;
-        if self.serves(&mac) || !self.config.cluster.enabled {
-            return;
-        }
-        if status.cleared {
-            self.remote.remove(&mac);
-        } else {
-            self.remote.insert(mac, status);
-        }
-        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
-            self.refresh_summary(&v, now, out);
-        }
-    }
-
-    /// The BLE stage took (`held`) or let go of a monitor (SPEC §6): announce it on its owner topic, and
-    /// take over or leave its vehicle's summary.
-    fn on_owner(
-        &mut self,
-        mac: Mac,
-        held: bool,
-        rssi: Option<i16>,
-        clear: bool,
-        now: DateTime<Utc>,
-        out: &mut Vec<Outbound>,
-    ) {
-        if held {
-            self.held.insert(mac);
-            self.remote.remove(&mac);
-            let claim = Some(OwnerClaim { rssi, since: now });
-            out.push(Outbound::Owner(OwnerOut {
-                mac,
-                claim,
-                clear: false,
-            }));
-        } else {
-            self.held.remove(&mac);
-            out.push(Outbound::Owner(OwnerOut {
-                mac,
-                claim: None,
-                clear,
-            }));
-        }
-        if let Some(v) = self.view(&mac).and_then(|v| v.vehicle.clone()) {
-            // A new summary owner publishes at once; the one that left forgets what it published.
-            self.published.remove(&v);
             self.refresh_summary(&v, now, out);
         }
     }
@@ -682,6 +619,9 @@ fn default_name(model: Option<Model>, mac: Mac) -> String {
     let tail = &text[text.len() - 8..];
     format!("{} {tail}", model.map_or("Monitor", |m| m.name()))
 }
+
+#[path = "cluster.rs"]
+mod cluster;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]
