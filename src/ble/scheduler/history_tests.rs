@@ -1,5 +1,4 @@
-//! Scheduler tests of log downloads on stream links, with a fake clock (poll-mode downloads are in
-//! `tests.rs`).
+//! Scheduler tests of log downloads, after a poll's reading and on stream links, with a fake clock.
 
 use super::tests::{A, config, heard, mac, ok, started};
 use super::*;
@@ -164,4 +163,67 @@ fn models_and_switches_the_history_section_does_not_cover_are_never_asked() {
     let mut s = open(stream_config("BM2", "[history]\nmodels = [\"BM2\"]\n"), t0);
     s.stream_frame(frame(), t0 + Duration::from_secs(1));
     assert_eq!(asks(&s.take_actions()).len(), 1, "BM2 once listed");
+}
+
+#[test]
+fn a_polled_bm6_downloads_its_log_with_the_reading_and_publishes_only_what_is_new() {
+    let t0 = Instant::now();
+    let c = config(&format!(
+        "[discovery]\ninitial_scan = false\n[[device]]\nmac = \"{A}\"\ntype = \"BM6\"\npoll_interval = 60\n"
+    ));
+    let mut s = started(c, t0);
+    s.heard(heard(A), t0);
+    let poll_asks = |a: &[Action]| -> Vec<Option<HistoryAsk>> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Poll { history, .. } => Some(history.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = poll_asks(&s.take_actions());
+    assert_eq!(
+        first,
+        vec![Some(HistoryAsk {
+            last: None,
+            initial_days: 7
+        })]
+    );
+    // A read of 3 records, newest first as logged: 12.70, 12.60, 12.50 V.
+    let requested_at = chrono::Utc::now();
+    let read = read(requested_at, &[1270, 1260, 1250]);
+    let mut outcome = ok(A);
+    outcome.history = Some(read);
+    s.poll_done(mac(A), outcome, t0 + Duration::from_secs(5));
+    let published: Vec<usize> = s
+        .take_actions()
+        .iter()
+        .filter_map(|x| match x {
+            Action::Emit(BleEvent::Notice(Notice::History { out, synced })) => {
+                assert!(synced.is_some(), "the registry learns where the read ended");
+                Some(out.records.len())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec![3]);
+    // The next poll, a minute later: no new download yet (HISTORY_GAP is 5 minutes).
+    s.heard(heard(A), t0 + Duration::from_secs(65));
+    s.tick(t0 + Duration::from_secs(65));
+    assert_eq!(poll_asks(&s.take_actions()), vec![None]);
+    s.poll_done(mac(A), ok(A), t0 + Duration::from_secs(66));
+    s.take_actions();
+    // Past HISTORY_GAP: due again.
+    let later = t0 + Duration::from_secs(5) + HISTORY_GAP + Duration::from_secs(60);
+    s.heard(heard(A), later);
+    s.tick(later);
+    let ask = poll_asks(&s.take_actions())
+        .pop()
+        .flatten()
+        .expect("a download is due");
+    assert_eq!(
+        ask.last.map(|l| l.at),
+        Some(requested_at),
+        "asked from where the last one ended"
+    );
 }
