@@ -35,7 +35,7 @@ pub enum Net {
     /// without a session everything retained is published again.
     Connected { session: bool },
     /// Publishes written and acknowledged since the last report, in the order rumqttc gave them (see
-    /// [`must_report`]).
+    /// [`Reports`]).
     Progress(Vec<Progress>),
     /// A message on a topic we subscribed to (Home Assistant's status).
     Incoming { topic: String, payload: Vec<u8> },
@@ -59,17 +59,61 @@ pub enum Progress {
     Acked(u16),
 }
 
-/// Whether the progress gathered so far goes to the outbox thread now. Each report wakes that thread, so
-/// progress is reported once per burst: when rumqttc holds no further event already read (`idle`), and
-/// only if something in it changes the outbox — an acknowledgement, or a QoS 0 publish written (it leaves
-/// the outbox then). A written QoS ≥ 1 publish waits for its acknowledgement, or for whatever else is
-/// reported first (a connection loss is always preceded by the progress before it). (Holding
-/// acknowledgements back for a few milliseconds more, while others are in flight, was tried: it starved
-/// the outbox's window and cut delivery to 60 % at 2000 readings/s.)
-pub fn must_report(progress: &[Progress], idle: bool) -> bool {
-    idle && progress
-        .iter()
-        .any(|p| !matches!(p, Progress::Written(pkid) if *pkid != 0))
+/// Acknowledgements gathered before they are reported while other publishes are still unacknowledged.
+/// Far below the outbox's window (`INFLIGHT` + the request channel), so holding them never starves it.
+pub const ACK_BATCH: usize = 32;
+
+/// The progress gathered since the last report, and when it goes to the outbox thread. Each report wakes
+/// that thread, so progress is reported once per burst: only when rumqttc holds no further event already
+/// read (`idle`), and only if something in it changes the outbox — acknowledgements once every publish
+/// written is acknowledged (the burst is over) or [`ACK_BATCH`] of them are waiting, or a QoS 0 publish
+/// written (it leaves the outbox then). A written QoS ≥ 1 publish waits for its acknowledgement. (Holding
+/// acknowledgements back for a time while others are in flight was tried: at a steady load something is
+/// always in flight, so it starved the outbox's window and cut delivery to 60 % at 2000 readings/s.)
+#[derive(Debug, Default)]
+pub struct Reports {
+    progress: Vec<Progress>,
+    /// QoS ≥ 1 publishes written on this connection and not yet acknowledged.
+    unacked: usize,
+    /// Acknowledgements in `progress`.
+    acks: usize,
+    /// A QoS 0 publish written is in `progress`.
+    urgent: bool,
+}
+
+impl Reports {
+    pub fn note(&mut self, p: Progress) {
+        match p {
+            Progress::Written(0) => self.urgent = true,
+            Progress::Written(_) => self.unacked += 1,
+            Progress::Acked(_) => {
+                self.unacked = self.unacked.saturating_sub(1);
+                self.acks += 1;
+            }
+        }
+        self.progress.push(p);
+    }
+
+    /// Whether the gathered progress is reported now (see [`Reports`]).
+    pub fn due(&self, idle: bool) -> bool {
+        idle && (self.urgent || (self.acks > 0 && (self.unacked == 0 || self.acks >= ACK_BATCH)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.progress.is_empty()
+    }
+
+    /// The gathered progress, emptied.
+    pub fn take(&mut self) -> Vec<Progress> {
+        self.acks = 0;
+        self.urgent = false;
+        std::mem::take(&mut self.progress)
+    }
+
+    /// The connection is gone: nothing written on it will be acknowledged.
+    pub fn lost(&mut self) {
+        self.unacked = 0;
+    }
 }
 
 fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, MqttError> {
@@ -155,7 +199,7 @@ fn classify(e: &ConnectionError) -> Loss {
 /// The connection loop: drive rumqttc, report events, back off after errors. Nothing else.
 pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>) {
     let mut link = Link::new(Backoff::broker());
-    let mut progress: Vec<Progress> = Vec::new();
+    let mut progress = Reports::default();
     loop {
         let net = match connection.recv() {
             Err(_) => return,
@@ -166,15 +210,15 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
                 })
             }
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                progress.push(Progress::Written(pkid));
+                progress.note(Progress::Written(pkid));
                 None
             }
             Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                progress.push(Progress::Acked(ack.pkid));
+                progress.note(Progress::Acked(ack.pkid));
                 None
             }
             Ok(Ok(Event::Incoming(Packet::PubComp(comp)))) => {
-                progress.push(Progress::Acked(comp.pkid));
+                progress.note(Progress::Acked(comp.pkid));
                 None
             }
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Some(Net::Incoming {
@@ -184,13 +228,10 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
             Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
-                if !progress.is_empty()
-                    && tx
-                        .send(Net::Progress(std::mem::take(&mut progress)))
-                        .is_err()
-                {
+                if !progress.is_empty() && tx.send(Net::Progress(progress.take())).is_err() {
                     return;
                 }
+                progress.lost();
                 let (ack_tx, ack_rx) = bounded(1);
                 let (uptime, delay) = link.lost(Instant::now());
                 let down = Net::Down {
@@ -220,10 +261,8 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
             }
         };
         let idle = connection.eventloop.state.events.is_empty();
-        if ((net.is_some() && !progress.is_empty()) || must_report(&progress, idle))
-            && tx
-                .send(Net::Progress(std::mem::take(&mut progress)))
-                .is_err()
+        if ((net.is_some() && !progress.is_empty()) || progress.due(idle))
+            && tx.send(Net::Progress(progress.take())).is_err()
         {
             return;
         }
@@ -237,25 +276,63 @@ pub fn drive(connection: &mut Connection, tx: &Sender<Net>, stop: &Receiver<()>)
 
 #[cfg(test)]
 mod tests {
-    use super::{Progress, must_report};
+    use super::{ACK_BATCH, Progress, Reports};
 
     #[test]
     fn progress_is_reported_once_per_burst_and_only_when_it_changes_the_outbox() {
-        let written = [Progress::Written(7)];
+        let mut r = Reports::default();
+        assert!(!r.due(true), "nothing gathered");
+        r.note(Progress::Written(7));
+        r.note(Progress::Written(8));
+        assert!(!r.due(true), "a QoS 1 publish waits for its ack");
+        r.note(Progress::Acked(7));
+        assert!(!r.due(true), "8 is still unacknowledged: the burst goes on");
+        r.note(Progress::Acked(8));
+        assert!(r.due(true), "every publish written is acknowledged");
         assert!(
-            !must_report(&written, true),
-            "a QoS 1 publish waits for its ack"
-        );
-        let acked = [Progress::Written(7), Progress::Acked(7)];
-        assert!(must_report(&acked, true));
-        assert!(
-            !must_report(&acked, false),
+            !r.due(false),
             "more events already read: report them together"
         );
+        assert_eq!(r.take().len(), 4);
+        assert!(!r.due(true) && r.is_empty());
+
+        r.note(Progress::Written(0));
+        assert!(r.due(true), "QoS 0 leaves the outbox when written");
+        r.take();
+    }
+
+    #[test]
+    fn a_steady_stream_reports_its_acknowledgements_in_batches() {
+        let mut r = Reports::default();
+        let mut reports = 0;
+        // Always something in flight: publish n + 1 is written before n is acknowledged.
+        r.note(Progress::Written(1));
+        for n in 1..=10 * ACK_BATCH as u16 {
+            r.note(Progress::Written(n + 1));
+            r.note(Progress::Acked(n));
+            if r.due(true) {
+                let acks = r.take();
+                let acks = acks.iter().filter(|p| matches!(p, Progress::Acked(_)));
+                assert_eq!(acks.count(), ACK_BATCH);
+                reports += 1;
+            }
+        }
+        assert_eq!(reports, 10);
+    }
+
+    #[test]
+    fn a_lost_connection_leaves_nothing_waiting_for_acknowledgements() {
+        let mut r = Reports::default();
+        r.note(Progress::Written(1));
+        r.note(Progress::Written(2));
+        r.note(Progress::Acked(1));
+        r.take();
+        r.lost();
+        r.note(Progress::Written(1));
+        r.note(Progress::Acked(1));
         assert!(
-            must_report(&[Progress::Written(0)], true),
-            "QoS 0 leaves the outbox when written"
+            r.due(true),
+            "the publish of the dead connection is not waited for"
         );
-        assert!(!must_report(&[], true));
     }
 }

@@ -35,8 +35,12 @@ use stage::OutboxStage;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Messages rumqttc may hold in its request channel.
-const REQUEST_CHANNEL: usize = 10;
+/// Messages rumqttc may hold in its request channel. Room for a whole batch of the pipeline's output
+/// (at 2,000 readings/s the fleet hands over ~60 messages at a time): with 10, the outbox could hand
+/// over only 10 and then had to wait for an acknowledgement to wake it, so every burst was handed over
+/// — and written — in slices of 10, one wake-up of each MQTT thread per slice. The channel allocates
+/// only what it holds; messages in it are the outbox's (requeued when the connection drops).
+const REQUEST_CHANNEL: usize = 128;
 /// Messages the outbox hands to rumqttc before waiting for them to be written.
 const WINDOW: usize = INFLIGHT as usize + REQUEST_CHANNEL;
 /// Messages taken from the pipeline per wake-up of the outbox thread.
@@ -133,6 +137,7 @@ pub fn spawn(
     let conn = std::thread::Builder::new()
         .name("mqtt-conn".into())
         .spawn(move || {
+            crate::pipeline::batch_policy();
             drive(&mut connection, &net_tx, &stop_rx);
             let _ = done_tx.send(());
         })
@@ -153,6 +158,7 @@ pub fn spawn(
         .name("mqtt".into())
         .spawn(move || {
             let _end = end_tx;
+            crate::pipeline::batch_policy();
             stage.run(&rx, &net_rx);
             drop(stop_tx);
         })
