@@ -4,6 +4,7 @@
 use super::topics::Topics;
 use crate::devices::{Measurement, Model, Source, to_hex};
 use crate::fleet::summary::round2;
+use crate::mac::Mac;
 use crate::messages::{
     AssociationOut, DeviceStatusOut, HearsOut, HistoryOut, LatestReading, Outbound, OwnerOut,
     ReadingOut, Removed, Sighting, SummaryOut, SystemSnapshot,
@@ -49,6 +50,14 @@ pub struct LocalStatus {
     pub mqtt_connected: bool,
 }
 
+/// Bytes of rendering buffer a thread keeps between messages (a larger one, for a long history batch
+/// or a large summary, is given back).
+const SCRATCH_KEPT: usize = 4096;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Renders messages for one gateway.
 #[derive(Debug, Clone)]
 pub struct Renderer {
@@ -59,7 +68,72 @@ pub struct Renderer {
 
 /// RFC 3339 UTC with milliseconds and `Z`.
 pub fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    Stamp(t).to_string()
+}
+
+/// A time as [`timestamp`] writes it (`2026-11-30T04:23:55.123Z`), written straight into a payload
+/// (`collect_str`) rather than through a `String`: the payloads sent for every reading carry up to four.
+struct Stamp(DateTime<Utc>);
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::{Datelike, Timelike};
+        let t = self.0;
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            // Outside four digits RFC 3339 needs chrono's sign and width rules; never seen in practice.
+            return f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        let digits = |out: &mut [u8], mut v: u32| {
+            for b in out.iter_mut().rev() {
+                *b = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        digits(&mut out[0..4], year.unsigned_abs());
+        digits(&mut out[5..7], t.month());
+        digits(&mut out[8..10], t.day());
+        digits(&mut out[11..13], t.hour());
+        digits(&mut out[14..16], t.minute());
+        // A leap second is carried in the nanoseconds (≥ 1 s) and shown as second 60, as chrono does.
+        let nanos = t.nanosecond();
+        digits(&mut out[17..19], t.second() + nanos / 1_000_000_000);
+        digits(&mut out[20..23], (nanos % 1_000_000_000) / 1_000_000);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Bytes as lower-case hex (`extra.raw_data`), written straight into a payload like [`Stamp`].
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 128];
+        for chunk in self.0.chunks(out.len() / 2) {
+            for (i, b) in chunk.iter().enumerate() {
+                out[2 * i] = HEX[usize::from(b >> 4)];
+                out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+            }
+            f.write_str(
+                std::str::from_utf8(&out[..2 * chunk.len()]).map_err(|_| std::fmt::Error)?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 fn time_or_null(t: Option<DateTime<Utc>>) -> Value {
@@ -86,8 +160,8 @@ fn model_or_null(m: Option<Model>) -> Value {
 /// than `json!` values: that halves the MQTT thread's cost per reading.
 #[derive(Serialize)]
 struct ReadingBody<'a> {
-    device_id: String,
-    timestamp: String,
+    device_id: Mac,
+    timestamp: Stamp,
     voltage: Option<f64>,
     current: (),
     temperature: Option<f64>,
@@ -121,7 +195,7 @@ impl Serialize for ReadingExtra<'_> {
         map.serialize_entry("rssi", &self.rssi)?;
         map.serialize_entry("source", self.source.as_str())?;
         if let Some(plain) = self.plain {
-            map.serialize_entry("raw_data", &to_hex(plain))?;
+            map.serialize_entry("raw_data", &Hex(plain))?;
         }
         map.end()
     }
@@ -131,7 +205,7 @@ impl Serialize for ReadingExtra<'_> {
 /// `extra.raw_data`.
 #[derive(Serialize)]
 struct StatusReading<'a> {
-    timestamp: String,
+    timestamp: Stamp,
     voltage: Option<f64>,
     current: (),
     temperature: Option<f64>,
@@ -147,7 +221,7 @@ impl<'a> StatusReading<'a> {
     fn new(r: &'a LatestReading) -> StatusReading<'a> {
         let m = &r.measurement;
         StatusReading {
-            timestamp: timestamp(r.received_at),
+            timestamp: Stamp(r.received_at),
             voltage: rounded(m.voltage),
             current: (),
             temperature: rounded(m.temperature),
@@ -169,8 +243,8 @@ impl<'a> StatusReading<'a> {
 /// SPEC §2.2, in the spec's key order.
 #[derive(Serialize)]
 struct StatusBody<'a> {
-    device_id: String,
-    timestamp: String,
+    device_id: Mac,
+    timestamp: Stamp,
     connected: bool,
     device_type: Option<&'a str>,
     vehicle_id: Option<&'a str>,
@@ -178,7 +252,7 @@ struct StatusBody<'a> {
     last_command: Option<&'a str>,
     error_code: Option<u16>,
     error_message: Option<&'a str>,
-    last_reading_at: Option<String>,
+    last_reading_at: Option<Stamp>,
     extra: StatusExtra<'a>,
     reading: Option<StatusReading<'a>>,
 }
@@ -231,12 +305,18 @@ impl Renderer {
     }
 
     fn message(&self, topic: String, body: &impl Serialize, qos: u8, kind: Kind) -> Message {
-        // Sized for a reading or a device status (~430 bytes): one allocation, no regrowth.
-        let mut payload = Vec::with_capacity(512);
-        if let Err(e) = serde_json::to_writer(&mut payload, body) {
-            log::error!("{topic}: cannot render the payload: {e}");
-            payload.clear();
-        }
+        // Rendered into a buffer kept by the thread, then copied once into a payload of its exact size:
+        // no regrowth while rendering (a device status is ~700 bytes), and the outbox holds no slack.
+        let payload = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            if let Err(e) = serde_json::to_writer(&mut *scratch, body) {
+                log::error!("{topic}: cannot render the payload: {e}");
+                scratch.clear();
+            }
+            let payload = scratch.as_slice().to_vec();
+            scratch.shrink_to(SCRATCH_KEPT);
+            payload
+        });
         Message {
             topic,
             payload,
@@ -250,8 +330,8 @@ impl Renderer {
         let d = &r.reading;
         let m = &d.measurement;
         let body = ReadingBody {
-            device_id: d.mac.to_string(),
-            timestamp: timestamp(d.received_at),
+            device_id: d.mac,
+            timestamp: Stamp(d.received_at),
             voltage: rounded(m.voltage),
             current: (),
             temperature: rounded(m.temperature),
@@ -274,8 +354,8 @@ impl Renderer {
 
     pub fn device_status(&self, s: &DeviceStatusOut) -> Message {
         let body = StatusBody {
-            device_id: s.mac.to_string(),
-            timestamp: timestamp(s.at),
+            device_id: s.mac,
+            timestamp: Stamp(s.at),
             connected: s.reachable,
             device_type: s.model.map(|m| m.name()),
             vehicle_id: s.vehicle_id.as_deref(),
@@ -283,7 +363,7 @@ impl Renderer {
             last_command: (s.mode != crate::config::Mode::Passive).then_some(LAST_COMMAND),
             error_code: s.error.as_ref().map(|e| e.0),
             error_message: s.error.as_ref().map(|e| e.1.as_str()),
-            last_reading_at: s.last_reading_at.map(timestamp),
+            last_reading_at: s.last_reading_at.map(Stamp),
             extra: StatusExtra {
                 signal_strength: s.rssi,
                 consecutive_failures: s.consecutive_failures,
@@ -720,6 +800,37 @@ mod tests {
         assert_eq!(v["components"]["bluetooth"], "simulated");
         assert_eq!(v["devices"]["connected"], 2);
         assert_eq!(v["counters"]["connection_failures"], 5);
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        let chrono = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut times: Vec<DateTime<Utc>> = (0..10_000)
+            .map(|_| {
+                let secs = rng.i64(0..253_402_300_799); // 1970 … 9999-12-31T23:59:59
+                DateTime::from_timestamp(secs, rng.u32(0..1_000_000_000)).unwrap()
+            })
+            .collect();
+        times.extend([
+            DateTime::from_timestamp(0, 0).unwrap(),
+            DateTime::from_timestamp(-62_167_219_200, 0).unwrap(), // year 0
+            DateTime::from_timestamp(-62_198_755_200, 999_999_999).unwrap(), // year -1
+            DateTime::from_timestamp(253_402_300_800, 5_000_000).unwrap(), // year 10000
+            // A leap second: 2016-12-31T23:59:60.500Z.
+            DateTime::from_timestamp(1_483_228_799, 1_500_000_000).unwrap(),
+        ]);
+        for t in times {
+            assert_eq!(timestamp(t), chrono(t));
+        }
+    }
+
+    #[test]
+    fn raw_data_is_lower_case_hex_at_any_length() {
+        for len in [0, 1, 16, 63, 64, 65, 200] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            assert_eq!(Hex(&bytes).to_string(), to_hex(&bytes));
+        }
     }
 
     #[test]

@@ -78,11 +78,21 @@ impl Topics {
         }
     }
 
+    /// `P/device/{mac}/{leaf}`, built in one allocation (two topics per reading).
+    fn device(&self, mac: Mac, leaf: &str) -> String {
+        use std::fmt::Write;
+        let mut t = String::with_capacity(self.prefix.len() + "/device/".len() + 18 + leaf.len());
+        t.push_str(&self.prefix);
+        t.push_str("/device/");
+        let _ = write!(t, "{mac}/");
+        t.push_str(leaf);
+        t
+    }
     pub fn reading(&self, mac: Mac) -> String {
-        format!("{}/device/{mac}/reading", self.prefix)
+        self.device(mac, "reading")
     }
     pub fn status(&self, mac: Mac) -> String {
-        format!("{}/device/{mac}/status", self.prefix)
+        self.device(mac, "status")
     }
     /// Records from the monitor's own log (SPEC §1, §5.7).
     pub fn history(&self, mac: Mac) -> String {
