@@ -21,6 +21,7 @@ pub fn spawn(rx: Receiver<BleEvent>, tx: Sender<FleetEvent>) -> std::io::Result<
     std::thread::Builder::new()
         .name("decode".into())
         .spawn(move || {
+            crate::pipeline::batch_policy();
             let mut tally = Tally::default();
             for event in rx {
                 let stopping = matches!(event, BleEvent::Notice(Notice::Stopping { .. }));

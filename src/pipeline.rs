@@ -124,3 +124,25 @@ impl Pipeline {
         self.mqtt.join(self.mqtt_timeout);
     }
 }
+
+/// Called first by every stage thread after the BLE thread (decode, fleet, mqtt, mqtt-conn): run it
+/// under `SCHED_BATCH`, the Linux policy for threads that are not interactive. A message handed to the
+/// next stage then no longer preempts the thread that sent it: the sender finishes its batch, and the
+/// receiver takes the whole batch in one wake-up instead of waking for each message. Measured at 2,000
+/// readings/s (BENCHMARKS.md): context switches of the MQTT threads from ~0.7 to ~0.07 per reading and
+/// ~4 µs less CPU per reading. Nothing waits longer than the sender's batch (microseconds); the BLE
+/// thread, which keeps Bluetooth's timing, keeps the normal policy. Needs no privilege; where the
+/// policy is refused (not Linux, a sandbox), the thread runs as before.
+pub fn batch_policy() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler on the calling thread (0) with a valid, initialised sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+            log::debug!(
+                "SCHED_BATCH refused for this thread: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}

@@ -28,7 +28,10 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fleet".into())
-        .spawn(move || run(Fleet::new(config, registry, bluetooth), &rx, &tx))
+        .spawn(move || {
+            crate::pipeline::batch_policy();
+            run(Fleet::new(config, registry, bluetooth), &rx, &tx)
+        })
 }
 
 /// The registry is written at most this often (a burst of first sightings costs one write).
