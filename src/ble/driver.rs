@@ -28,8 +28,10 @@ pub(super) async fn drive<R: Radio>(
         }
     };
     scheduler.tick(Instant::now());
+    let mut actions = Vec::new();
     loop {
-        for action in scheduler.take_actions() {
+        scheduler.swap_actions(&mut actions);
+        for action in actions.drain(..) {
             match action {
                 Action::Emit(e) => send(e),
                 other => radio.act(other).await,
@@ -50,7 +52,8 @@ pub(super) async fn drive<R: Radio>(
                 }
                 Some(Command::Stop { reason }) => {
                     scheduler.stop();
-                    for action in scheduler.take_actions() {
+                    scheduler.swap_actions(&mut actions);
+                    for action in actions.drain(..) {
                         match action {
                             Action::Emit(e) => send(e),
                             other => radio.act(other).await,

@@ -41,8 +41,8 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
     let status_every = |f: &Fleet| Duration::from_secs(f.config().mqtt.status_interval);
     let mut next_status = Instant::now() + status_every(&fleet);
     let mut registry = RegistryWriter::default();
-    let out = fleet.start(Utc::now());
-    forward(&mut fleet, out, tx, &mut registry);
+    let mut out = fleet.start(Utc::now());
+    forward(&mut fleet, &mut out, tx, &mut registry);
     loop {
         let mut wait = next_status.saturating_duration_since(Instant::now());
         if let Some(due) = registry.due {
@@ -54,8 +54,8 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
                     reason: "pipeline closed".into(),
                 }));
                 let stopping = matches!(event, FleetEvent::Notice(Notice::Stopping { .. }));
-                let out = fleet.handle(event, Utc::now());
-                forward(&mut fleet, out, tx, &mut registry);
+                fleet.handle_into(event, Utc::now(), &mut out);
+                forward(&mut fleet, &mut out, tx, &mut registry);
                 if stopping {
                     registry.write(&fleet);
                     return;
@@ -65,8 +65,8 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
                 let now = Utc::now();
                 if Instant::now() >= next_status {
                     next_status = Instant::now() + status_every(&fleet);
-                    let snapshot = Outbound::System(fleet.snapshot(now, true));
-                    forward(&mut fleet, vec![snapshot], tx, &mut registry);
+                    out.push(Outbound::System(fleet.snapshot(now, true)));
+                    forward(&mut fleet, &mut out, tx, &mut registry);
                 }
                 if registry.due.is_some_and(|d| d <= Instant::now()) {
                     registry.write(&fleet);
@@ -76,14 +76,14 @@ fn run(mut fleet: Fleet, rx: &Receiver<FleetEvent>, tx: &Sender<Outbound>) {
     }
 }
 
-/// Hand messages to the MQTT stage; note a registry change for writing soon.
+/// Hand messages to the MQTT stage (`out` is left empty); note a registry change for writing soon.
 fn forward(
     fleet: &mut Fleet,
-    out: Vec<Outbound>,
+    out: &mut Vec<Outbound>,
     tx: &Sender<Outbound>,
     registry: &mut RegistryWriter,
 ) {
-    for message in out {
+    for message in out.drain(..) {
         if tx.send(message).is_err() {
             log::error!("the MQTT stage has stopped; dropping fleet output");
             break;

@@ -103,28 +103,37 @@ impl Fleet {
     }
 
     /// Apply one event.
+    #[cfg(test)]
     pub fn handle(&mut self, event: FleetEvent, now: DateTime<Utc>) -> Vec<Outbound> {
         let mut out = Vec::new();
+        self.handle_into(event, now, &mut out);
+        out
+    }
+
+    /// What `event` makes the fleet publish, appended to `out` (the fleet thread reuses one vector: a
+    /// fresh one per reading was an allocation of four 320-byte messages, large enough to make glibc
+    /// consolidate its fast bins every time).
+    pub fn handle_into(&mut self, event: FleetEvent, now: DateTime<Utc>, out: &mut Vec<Outbound>) {
         match event {
-            FleetEvent::Reading(r) => self.on_reading(r, now, &mut out),
+            FleetEvent::Reading(r) => self.on_reading(r, now, out),
             FleetEvent::Rejected { mac, model, reason } => {
                 self.counters.decode_errors += 1;
                 self.live.entry(mac).or_default().model.get_or_insert(model);
-                self.on_failure(mac, LinkError::BadData(reason.to_string()), now, &mut out);
+                self.on_failure(mac, LinkError::BadData(reason.to_string()), now, out);
             }
-            FleetEvent::Remote(status) => self.on_remote(status, now, &mut out),
+            FleetEvent::Remote(status) => self.on_remote(status, now, out),
             FleetEvent::Notice(Notice::PollFailed { mac, model, error }) => {
                 self.counters.connection_failures += 1;
                 if let Some(m) = model {
                     self.live.entry(mac).or_default().model.get_or_insert(m);
                 }
-                self.on_failure(mac, error, now, &mut out);
+                self.on_failure(mac, error, now, out);
             }
-            FleetEvent::Notice(Notice::Seen(s)) => self.on_seen(s, now, &mut out),
+            FleetEvent::Notice(Notice::Seen(s)) => self.on_seen(s, now, out),
             FleetEvent::Notice(Notice::Adopted { mac, model, mode }) => {
-                self.on_adopted(mac, model, mode, now, &mut out)
+                self.on_adopted(mac, model, mode, now, out)
             }
-            FleetEvent::Notice(Notice::Forgotten { mac }) => self.on_forgotten(mac, now, &mut out),
+            FleetEvent::Notice(Notice::Forgotten { mac }) => self.on_forgotten(mac, now, out),
             FleetEvent::Notice(Notice::History { out: batch, synced }) => {
                 // History never touches the live state, the status or a summary (SPEC §5.7).
                 if let Some(s) = synced {
@@ -144,22 +153,19 @@ impl Fleet {
                 held,
                 rssi,
                 clear,
-            }) => self.on_owner(mac, held, rssi, clear, now, &mut out),
+            }) => self.on_owner(mac, held, rssi, clear, now, out),
             FleetEvent::Notice(Notice::Bluetooth(state)) => {
                 if state != self.bluetooth {
                     self.bluetooth = state;
                     out.push(Outbound::System(self.snapshot(now, true)));
                 }
             }
-            FleetEvent::Notice(Notice::Reconfigure(config)) => {
-                self.reconfigure(config, now, &mut out)
-            }
+            FleetEvent::Notice(Notice::Reconfigure(config)) => self.reconfigure(config, now, out),
             FleetEvent::Notice(Notice::Stopping { reason }) => {
                 out.push(Outbound::System(self.snapshot(now, false)));
                 out.push(Outbound::Shutdown { reason });
             }
         }
-        out
     }
 
     /// The fleet's part of the system status.

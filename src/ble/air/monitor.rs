@@ -63,7 +63,10 @@ impl Monitor {
         s.voltage = Some(v);
         s.temperature = s.temperature.map(f64::round);
         s.state_of_charge = Some(((v - 11.8) / 1.0 * 100.0).clamp(0.0, 100.0).round());
-        s.state = Some(if v > 13.2 { "charging" } else { "not_charging" }.to_string());
+        let state = if v > 13.2 { "charging" } else { "not_charging" };
+        if s.state.as_deref() != Some(state) {
+            s.state = Some(state.to_string());
+        }
         if s.counters.is_empty() {
             s.counters = vec![("rapid_acceleration", 0), ("rapid_deceleration", 0)];
         }

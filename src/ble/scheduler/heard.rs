@@ -64,20 +64,21 @@ impl Scheduler {
 
     /// A passive device's advertisement: the newest encrypted frame (or, without one, the iBeacon) becomes
     /// a frame for the decode stage, at most once per interval. Only data carried by a change counts.
-    pub(super) fn passive_advert(&mut self, mac: Mac, h: &Heard, now: Instant) {
+    pub(super) fn passive_advert(&mut self, h: Heard, now: Instant) {
+        let mac = h.mac;
         let Some(d) = self.devices.get_mut(&mac) else {
             return;
         };
         if h.manufacturer.is_empty() {
             return;
         }
-        let previous = std::mem::replace(&mut d.last_manufacturer, h.manufacturer.clone());
+        let previous = std::mem::replace(&mut d.last_manufacturer, h.manufacturer);
         if !h.fresh {
             return;
         }
         let Some(model) = d.model else { return };
         let first_fresh = *d.first_fresh.get_or_insert(now);
-        let newest = newest_entries(&previous, &h.manufacturer);
+        let newest = newest_entries(&previous, &d.last_manufacturer);
         let encrypted = newest
             .iter()
             .find_map(|(cid, v)| devices::advert_frame(*cid, v));

@@ -138,8 +138,16 @@ impl Scheduler {
     }
 
     /// Actions produced since the last call, in order.
+    #[cfg(test)]
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out)
+    }
+
+    /// Move what the scheduler decided into `into` (which must be empty) and keep `into`'s allocation
+    /// for the next decisions: the event loop calls this after every event, thousands of times a second.
+    pub fn swap_actions(&mut self, into: &mut Vec<Action>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.out, into);
     }
 
     /// When [`Scheduler::tick`] has something to do next; `None`: only an event can change anything.
@@ -320,7 +328,7 @@ impl Scheduler {
             .get(&mac)
             .is_some_and(|d| d.mode == Mode::Passive)
         {
-            self.passive_advert(mac, &h, now);
+            self.passive_advert(h, now);
         }
         // Most adverts change no phase: only then is the fleet-wide work (slots, scanning) redone.
         if changed {
