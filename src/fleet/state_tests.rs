@@ -450,3 +450,36 @@ fn in_a_cluster_the_summary_lists_devices_other_gateways_serve_from_their_status
     };
     assert!(kinds(&f.handle(FleetEvent::Remote(echo), Utc::now())).is_empty());
 }
+
+#[test]
+fn a_first_sighting_gives_an_untyped_device_its_model_and_name() {
+    // Configured without `type`: the model comes from what the registry learns at the first sighting,
+    // and only that device's view is recomputed (its status and name show it).
+    let mut f = fleet(&format!("[[device]]\nmac = \"{BM6}\"\n"));
+    f.start(Utc::now());
+    let status = |out: &[Outbound]| {
+        out.iter()
+            .find_map(|o| match o {
+                Outbound::DeviceStatus(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let before = status(&f.handle(
+        FleetEvent::Notice(Notice::PollFailed {
+            mac: BM6.parse().unwrap(),
+            model: None,
+            error: LinkError::Timeout,
+        }),
+        Utc::now(),
+    ));
+    assert_eq!(
+        (before.model, before.name.as_str()),
+        (None, "Monitor DD:EE:01")
+    );
+    let after = status(&f.handle(reading(BM6, 12.6, 80.0, Source::Gatt), Utc::now()));
+    assert_eq!(
+        (after.model, after.name.as_str()),
+        (Some(bm6()), "BM6 DD:EE:01")
+    );
+}
