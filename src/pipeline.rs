@@ -136,13 +136,44 @@ impl Pipeline {
 pub fn batch_policy() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler on the calling thread (0) with a valid, initialised sched_param.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        // Zeroed, not a literal: musl's sched_param has more fields than glibc's (all zero = priority 0,
+        // which SCHED_BATCH requires).
+        // SAFETY: sched_param is plain integers, for which all-zero bytes are a valid value.
+        let param: libc::sched_param = unsafe { std::mem::zeroed() };
+        // The system call, not libc's wrapper: musl's `sched_setscheduler` always fails with ENOSYS (POSIX
+        // makes it per process, Linux per thread), and the router build is musl.
+        // SAFETY: sched_setscheduler on the calling thread (0) with a valid, initialised sched_param that
+        // outlives the call.
+        let set = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0,
+                libc::SCHED_BATCH,
+                &param as *const libc::sched_param,
+            )
+        };
+        if set != 0 {
             log::debug!(
                 "SCHED_BATCH refused for this thread: {}",
                 std::io::Error::last_os_error()
             );
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn a_stage_thread_runs_under_sched_batch() {
+        let policy = std::thread::spawn(|| {
+            super::batch_policy();
+            // SAFETY: sched_getscheduler of the calling thread; no pointers.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_BATCH);
+        // SAFETY: as above, on the test's own thread, which was left alone.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 }
