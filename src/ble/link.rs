@@ -112,6 +112,10 @@ impl StreamLink {
             tokio::select! {
                 value = values.next() => {
                     let Some(data) = value else { return LinkError::Failed("connection lost".into()) };
+                    if Notification::of(model, mac, &data) == Notification::Other {
+                        log::trace!("{model} {mac}: skipped a non-reading notification");
+                        continue;
+                    }
                     let rssi = device.rssi().await.ok().flatten();
                     let frame = RawFrame { mac, model, source: Source::Gatt, data, rssi, received_at: Utc::now() };
                     if self.frames.send(StreamReport::Frame(frame)).await.is_err() {
@@ -214,6 +218,38 @@ async fn request(write: &Characteristic, model: Model) -> Result<(), LinkError> 
         .map_err(|e| link_error(&e))
 }
 
+/// What a notification from `fff4` is to a link: a reading, a frame the decode stage rejects (handed over to
+/// be counted), or something else (the echo of our request, a version reply), which links drop: on a
+/// stream link an echo handed over took the reading's place in the scheduler's one-frame-per-interval
+/// throttle, and readings stopped (the real-BlueZ scenario `history_stream` showed it: the BM6 echoes every
+/// request just before it answers).
+#[derive(Debug, PartialEq, Eq)]
+enum Notification {
+    Reading,
+    Rejected,
+    Other,
+}
+
+impl Notification {
+    fn of(model: Model, mac: Mac, data: &[u8]) -> Notification {
+        // A notification may carry several 16-byte blocks: it is a reading if one block is.
+        let blocks = devices::decode_notification(model, Source::Gatt, mac, data);
+        let reading = |b: &Result<(Vec<u8>, Decoded), DecodeError>| {
+            matches!(
+                b,
+                Ok((_, Decoded::Reading(_))) | Err(DecodeError::OutOfRange { .. })
+            )
+        };
+        if blocks.iter().any(reading) {
+            Notification::Reading
+        } else if blocks.iter().any(Result::is_err) {
+            Notification::Rejected
+        } else {
+            Notification::Other
+        }
+    }
+}
+
 /// One poll attempt: connect, subscribe, request, wait for the first reading frame, always disconnect.
 /// On failure, the frames that arrived but were no reading are handed over too (the decode stage counts
 /// them); echo and other non-reading frames are not.
@@ -281,20 +317,12 @@ async fn attempt(
         while let Some(v) = values.next().await {
             // Stamped on arrival, not after the disconnect.
             let f = frame(v);
-            // A notification may carry several 16-byte blocks: it is a reading if one block is.
-            let blocks = devices::decode_notification(model, Source::Gatt, mac, &f.data);
-            let reading = |b: &Result<(Vec<u8>, Decoded), DecodeError>| {
-                matches!(
-                    b,
-                    Ok((_, Decoded::Reading(_))) | Err(DecodeError::OutOfRange { .. })
-                )
-            };
-            if blocks.iter().any(reading) {
-                return Some(f);
-            } else if blocks.iter().any(Result::is_err) {
-                rejected.push(f);
-            } else {
-                log::trace!("{model} {mac}: skipped a non-reading notification");
+            match Notification::of(model, mac, &f.data) {
+                Notification::Reading => return Some(f),
+                Notification::Rejected => rejected.push(f),
+                Notification::Other => {
+                    log::trace!("{model} {mac}: skipped a non-reading notification");
+                }
             }
         }
         None
@@ -412,6 +440,33 @@ mod tests {
 
     fn dbus(name: &str) -> bluer::Error {
         error(ErrorKind::Internal(InternalErrorKind::DBus(name.into())))
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn links_drop_echoes_and_hand_over_readings_and_rejections() {
+        let bm6 = Model::by_name("BM6").unwrap();
+        let mac: Mac = "C4:3B:26:B5:30:A6".parse().unwrap();
+        // SPEC §5 test vector: 12.70 V, 25 °C, SoC 80.
+        let reading = bytes("71543b749f6f614dd6333f21546f681d");
+        assert_eq!(Notification::of(bm6, mac, &reading), Notification::Reading);
+        // The echo of the reading request, as the Bumble BM6 of tests/realbluez sent it before each answer.
+        let echo = bytes("8ae0358523fe154976de18fc102eb1d4");
+        assert_eq!(Notification::of(bm6, mac, &echo), Notification::Other);
+        // An echo and a reading in one notification is a reading.
+        let both = [echo.clone(), reading].concat();
+        assert_eq!(Notification::of(bm6, mac, &both), Notification::Reading);
+        // A block that is neither (a truncated one) is the decode stage's to count.
+        assert_eq!(
+            Notification::of(bm6, mac, &echo[..7]),
+            Notification::Rejected
+        );
     }
 
     #[test]
